@@ -1,0 +1,69 @@
+"""A call tree built from events or from a TorchLens `CallTree`: the one input that loop inference reads.
+
+Each `Node` is one module call; `children` are the calls it made, in execution order. Built from events, the tree
+holds the instrumented calls only (a call's parent is the innermost instrumented call around it); built from a
+TorchLens trace, every module call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from ..patches.events import CallEvent
+
+
+@dataclass
+class Node:
+    address: str
+    index: int
+    class_name: str
+    lane: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None
+    stage: str | None = None
+    step: int | None = None
+    children: list[Node] = field(default_factory=list)
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def from_events(events: Iterable[CallEvent]) -> list[Node]:
+    """The top-level calls of a session (parent None), each with its subtree, in start order."""
+    ordered = sorted(events, key=lambda e: e.seq)
+    nodes: dict[tuple[str, int], Node] = {}
+    roots: list[Node] = []
+    for e in ordered:
+        lane = dict(e.lane)
+        lane.setdefault("step", e.step)
+        lane.setdefault("phase", e.phase)
+        node = Node(e.address, e.call_index, e.class_name, lane, e.role, e.stage, e.step)
+        if e.key in nodes:
+            raise ValueError(f"two events for {e.address}:{e.call_index}")
+        nodes[e.key] = node
+        if e.parent is None:
+            roots.append(node)
+        elif e.parent not in nodes:
+            raise ValueError(f"event {e.address}:{e.call_index} names parent {e.parent[0]}:{e.parent[1]}, "
+                             "which has no event that started before it")
+        else:
+            nodes[e.parent].children.append(node)
+    return roots
+
+
+def from_trace(tree: Any) -> list[Node]:
+    """The root call of a TorchLens `CallTree` (see merge.capture), every module call under it."""
+    nodes = {key: Node(c.address, c.index, c.class_name) for key, c in tree.calls.items()}
+    for key, call in tree.calls.items():
+        nodes[key].children = [nodes[k] for k in call.children]
+    return [nodes[tree.root]]
+
+
+def counts(roots: Iterable[Node]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for root in roots:
+        for node in root.walk():
+            out[node.address] = out.get(node.address, 0) + 1
+    return out

@@ -1,0 +1,228 @@
+"""Loop inference: turn a call tree into a loop nest of `call`, `for`, `parfor` and `select` nodes.
+
+Rules (shared/reference/semantics.md), applied to the children of every call:
+- the same address called n > 1 times inside one parent call is `parfor n`; iterations whose bodies differ are
+  kept as separate variants (the prefill step with vision, the decode steps without);
+- sibling addresses `P.i` (one container P) called once each are a `for` over the members; members whose bodies
+  differ are split into sub-ranges (a one-member range is a plain `call`);
+- when only some members of P ran (or the config declares P a selection), it is `select k of M`, with the member
+  ids picked in each parent call kept in `picks`;
+- a batch is never a loop: a call with batch 6 is one call.
+Bodies of equal shape (addresses relative to the member, select picks and lanes ignored) collapse into one
+representative; per-instance data (lanes, picks) is concatenated in expansion order, so `expand()` reproduces
+every per-node call count exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .calltree import Node
+
+
+@dataclass
+class Variant:
+    """One body shared by some iterations of a parfor (positions within one parent call, 0-based)."""
+
+    iterations: list[int]
+    body: list[Loop]
+
+
+@dataclass
+class Loop:
+    kind: str  # "call" | "for" | "parfor" | "select"
+    address: str  # the node (call, parfor) or the representative member (for, select)
+    class_name: str
+    bound: int  # call 1, for N, parfor N, select: largest k seen
+    container: str | None = None  # for / select: the container whose members are iterated
+    members: list[int] = field(default_factory=list)  # for: member indices; select: every index ever picked
+    total: int | None = None  # select: members the container has (M), when known
+    axis: str | None = None
+    role: str | None = None
+    stage: str | None = None
+    lanes: list[dict[str, Any]] = field(default_factory=list)  # one per iteration, all instances, expansion order
+    picks: list[list[int]] = field(default_factory=list)  # select: member indices picked, one list per instance
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def body(self) -> list[Loop]:
+        return self.variants[0].body if self.variants else []
+
+
+@dataclass
+class Hints:
+    """What a model config adds: roles that are selections, axis labels per role, static container sizes."""
+
+    select_roles: frozenset[str] = frozenset()
+    axes: dict[str, str] = field(default_factory=dict)
+    static_children: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _member(address: str) -> tuple[str, int] | None:
+    head, _, tail = address.rpartition(".")
+    return (head, int(tail)) if head and tail.isdigit() else None
+
+
+def _rel(address: str, base: str) -> str:
+    if base and (address == base or address.startswith(base + ".")):
+        return "~" + address[len(base):]
+    return address
+
+
+def signature(loops: list[Loop], base: str) -> tuple:
+    """Shape of a body relative to `base`: kinds, addresses, classes, bounds; not lanes or select picks."""
+    out = []
+    for loop in loops:
+        if loop.kind == "select":
+            out.append(("select", _rel(loop.container or "", base), loop.class_name,
+                        signature(loop.body, loop.address)))
+        else:
+            inner = tuple((tuple(v.iterations), signature(v.body, loop.address)) for v in loop.variants)
+            out.append((loop.kind, _rel(loop.address, base), loop.class_name, loop.bound, tuple(loop.members),
+                        inner))
+    return tuple(out)
+
+
+def absorb(into: list[Loop], other: list[Loop]) -> None:
+    """Append the per-instance data of `other` (same signature) to `into`."""
+    for a, b in zip(into, other, strict=True):
+        a.lanes.extend(b.lanes)
+        a.picks.extend(b.picks)
+        a.bound = max(a.bound, b.bound)
+        if a.kind == "select":
+            a.members = sorted(set(a.members) | set(b.members))
+        for va, vb in zip(a.variants, b.variants, strict=True):
+            absorb(va.body, vb.body)
+
+
+class LoopBuilder:
+    def __init__(self, hints: Hints | None = None):
+        self.hints = hints or Hints()
+
+    def build(self, calls: list[Node]) -> list[Loop]:
+        """The loop nest of a list of sibling calls (the children of one call, or a session's top-level calls)."""
+        by_address: dict[str, list[Node]] = {}
+        for c in calls:
+            by_address.setdefault(c.address, []).append(c)
+        containers: dict[str, list[Node]] = {}
+        order: list[tuple[str, str]] = []  # (kind of group, key) in order of first appearance
+        for address, group in by_address.items():
+            member = _member(address)
+            if len(group) == 1 and member is not None:
+                if member[0] not in containers:
+                    containers[member[0]] = []
+                    order.append(("stack", member[0]))
+                containers[member[0]].append(group[0])
+            else:
+                order.append(("node", address))
+        loops: list[Loop] = []
+        for kind, key in order:
+            loops.extend(self._node(by_address[key]) if kind == "node" else self._stack(key, containers[key]))
+        return loops
+
+    def _label(self, loop: Loop, node: Node) -> Loop:
+        loop.role, loop.stage = node.role, node.stage
+        loop.axis = self.hints.axes.get(node.role or "")
+        return loop
+
+    def _node(self, calls: list[Node]) -> list[Loop]:
+        first = calls[0]
+        bodies = [self.build(c.children) for c in calls]
+        variants: list[Variant] = []
+        sigs: list[tuple] = []
+        for i, body in enumerate(bodies):
+            sig = signature(body, first.address)
+            if sig in sigs:
+                v = variants[sigs.index(sig)]
+                v.iterations.append(i)
+                absorb(v.body, body)
+            else:
+                sigs.append(sig)
+                variants.append(Variant([i], body))
+        kind = "parfor" if len(calls) > 1 else "call"
+        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[dict(c.lane) for c in calls],
+                    variants=variants)
+        return [self._label(loop, first)]
+
+    def _stack(self, container: str, calls: list[Node]) -> list[Loop]:
+        members = [(_member(c.address)[1], c) for c in calls]
+        static = self.hints.static_children.get(container)
+        is_select = calls[0].role in self.hints.select_roles or (
+            static is not None and len(static) != len(calls))
+        bodies = [self.build(c.children) for _, c in members]
+        sigs = [(c.class_name, signature(b, c.address)) for (_, c), b in zip(members, bodies)]
+        if is_select and len(set(sigs)) == 1:
+            first = members[0][1]
+            loop = Loop("select", first.address, first.class_name, len(members), container=container,
+                        members=sorted(i for i, _ in members), total=len(static) if static is not None else None,
+                        lanes=[dict(c.lane) for _, c in members], picks=[[i for i, _ in members]],
+                        variants=[Variant(list(range(len(members))), bodies[0])])
+            for body in bodies[1:]:
+                absorb(loop.body, body)
+            return [self._label(loop, first)]
+        loops: list[Loop] = []
+        start = 0
+        for end in range(1, len(members) + 1):
+            if end < len(members) and sigs[end] == sigs[start] and members[end][0] == members[end - 1][0] + 1:
+                continue
+            run, run_bodies = members[start:end], bodies[start:end]
+            first = run[0][1]
+            kind = "for" if len(run) > 1 else "call"
+            loop = Loop(kind, first.address, first.class_name, len(run), container=container,
+                        members=[i for i, _ in run], lanes=[dict(c.lane) for _, c in run],
+                        variants=[Variant([0], run_bodies[0])])
+            for body in run_bodies[1:]:
+                absorb(loop.body, body)
+            loops.append(self._label(loop, first))
+            start = end
+        return loops
+
+
+def _subst(address: str, subs: tuple[tuple[str, str], ...]) -> str:
+    for old, new in subs:
+        if address == old or address.startswith(old + "."):
+            address = new + address[len(old):]
+    return address
+
+
+def expand(loops: Iterable[Loop]) -> Counter[str]:
+    """Multiply out every loop: the number of calls of each node that the nest describes."""
+    out: Counter[str] = Counter()
+    cursors: Counter[int] = Counter()
+
+    def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...]) -> None:
+        for loop in loops:
+            if loop.kind in ("call", "parfor"):
+                address = _subst(loop.address, subs)
+                positions = {i: v for v in loop.variants for i in v.iterations}
+                for i in range(loop.bound if loop.kind == "parfor" else 1):
+                    out[address] += 1
+                    visit(positions[i].body, subs)
+            else:
+                if loop.kind == "select":
+                    picked = loop.picks[cursors[id(loop)]]
+                    cursors[id(loop)] += 1
+                else:
+                    picked = loop.members
+                container = _subst(loop.container, subs)
+                for m in picked:
+                    member = f"{container}.{m}"
+                    out[member] += 1
+                    visit(loop.body, subs + ((_subst(loop.address, subs), member),))
+
+    visit(loops, ())
+    return out
+
+
+def walk(loops: Iterable[Loop]) -> Iterable[Loop]:
+    for loop in loops:
+        yield loop
+        for v in loop.variants:
+            yield from walk(v.body)
+
+
+def map_lanes(loops: Iterable[Loop], fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    for loop in walk(loops):
+        loop.lanes = [fn(lane) for lane in loop.lanes]

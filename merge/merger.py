@@ -1,0 +1,109 @@
+"""Build reports: from a session's events (labelled, every step) and from a TorchLens call tree (structural).
+
+`session_report` refuses events that carry extractor errors, decode steps whose structure differs from the other
+decode steps, and (when a probe trace is given) any disagreement between events and the trace (see align.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+from ..patches.config import ModelConfig
+from ..patches.events import CallEvent
+from . import calltree
+from .loops import Hints, LoopBuilder
+from .report import Report, check_exact
+
+
+class MergeError(ValueError):
+    """Events cannot be turned into an exact report (names the node, call index and the problem)."""
+
+
+def static_children(model: Any) -> dict[str, tuple[str, ...]]:
+    """Direct child addresses of every module (uncalled ones included), rooted at `model`."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for address, _ in model.named_modules():
+        if address:
+            out[address.rpartition(".")[0]].append(address)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def hints_for(config: ModelConfig | None, children: dict[str, tuple[str, ...]] | None) -> Hints:
+    if config is None:
+        return Hints(static_children=children or {})
+    return Hints(select_roles=frozenset(t.role for t in config.targets if t.select),
+                 axes={t.role: t.axis for t in config.targets if t.axis}, static_children=children or {})
+
+
+def structural_report(tree: Any, model_class: str | None = None) -> Report:
+    """Config-free mode: the exact loop nest of any model from its TorchLens call tree alone."""
+    roots = calltree.from_trace(tree)
+    loops = LoopBuilder(Hints(static_children=dict(tree.static_children))).build(roots)
+    counts = calltree.counts(roots)
+    check_exact(loops, counts, "structural report")
+    return Report(model_class=model_class or tree.class_names.get("", "?"), config=None, source="torchlens",
+                  loops=loops, counts=counts)
+
+
+def moe_table(events: Iterable[CallEvent]) -> dict[str, Any] | None:
+    """Expert selection per MoE call from the schema's lane fields `experts_hit` / `tokens_per_expert`."""
+    rows = [{"address": e.address, "call": e.call_index, "step": e.step, "k": len(e.lane["experts_hit"]),
+             "experts": list(e.lane["experts_hit"]), "tokens": list(e.lane.get("tokens_per_expert", [])),
+             "of": e.lane.get("experts_total")}
+            for e in sorted(events, key=lambda e: e.seq) if "experts_hit" in e.lane]
+    if not rows:
+        return None
+    ks = [r["k"] for r in rows]
+    load: dict[tuple[str, int], int] = defaultdict(int)
+    for r in rows:
+        for expert, tokens in zip(r["experts"], r["tokens"]):
+            load[(r["address"], expert)] += tokens
+    per_expert = list(load.values())
+    imbalance = round(max(per_expert) / (sum(per_expert) / len(per_expert)), 3) if per_expert else None
+    return {"rows": rows, "summary": {"calls": len(rows), "k_min": min(ks), "k_max": max(ks),
+                                      "k_mean": round(sum(ks) / len(ks), 3), "imbalance": imbalance}}
+
+
+def _check_steps(loops: list, step_role: str | None) -> None:
+    """Every decode step must have the structure of the others (MoE picks aside): one parfor variant."""
+    for loop in loops:
+        if loop.role != step_role or loop.kind != "parfor":
+            continue
+        decode = {i for i, lane in enumerate(loop.lanes[: loop.bound]) if lane.get("phase") == "decode"}
+        holding = [v for v in loop.variants if decode & set(v.iterations)]
+        if len(holding) > 1:
+            first = sorted(decode & set(holding[0].iterations))
+            odd = sorted(decode & set(holding[1].iterations))
+            raise MergeError(f"decode steps {odd} have another call structure than decode steps {first} "
+                             f"(compare the events of step {odd[0]} with step {first[0]})")
+
+
+def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,
+                   children: dict[str, tuple[str, ...]] | None = None) -> Report:
+    """The labelled loop nest of a whole session from its events; exactness is checked before returning."""
+    errors = [e.lane["extract_error"] for e in events if "extract_error" in e.lane]
+    if errors:
+        raise MergeError("metadata extraction failed, no report is made:\n  " + "\n  ".join(errors))
+    raised = [f"{e.address}:{e.call_index} raised {e.error}" for e in events if e.error]
+    if raised:
+        raise MergeError("the session raised inside instrumented calls:\n  " + "\n  ".join(raised))
+    try:
+        roots = calltree.from_events(events)
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+    loops = LoopBuilder(hints_for(config, children)).build(roots)
+    counts = calltree.counts(roots)
+    check_exact(loops, counts)
+    step_role = config.step_target.role if config and config.step_target else None
+    _check_steps(loops, step_role)
+    steps = [{"step": e.step, **{k: v for k, v in e.lane.items() if k != "step"}}
+             for e in sorted(events, key=lambda e: e.seq) if e.role == step_role]
+    notes = []
+    early = sorted({e.address for e in events if e.lane.get("before_first_forward")})
+    if early:
+        notes.append(f"ran before the first forward of the session, counted in step 0: {', '.join(early)}")
+    report = Report(model_class=model_class, config=config.name if config else None, source="events",
+                    loops=loops, counts=counts, steps=steps, stages=list(config.stages) if config else [],
+                    moe=moe_table(events), notes=notes)
+    return report

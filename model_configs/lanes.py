@@ -1,0 +1,50 @@
+"""Shape-only helpers shared by the per-model adapters. They never run a tensor op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def past_length(cache: Any, layer_idx: int = 0) -> int:
+    """Tokens already in a KV cache for one layer, read from shapes (DynamicCache or legacy tuples)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length(layer_idx))
+    if isinstance(cache, (tuple, list)):
+        return int(cache[layer_idx][0].shape[-2]) if len(cache) > layer_idx else 0
+    raise TypeError(f"unknown KV cache type {type(cache).__name__}")
+
+
+def index_of(address: str) -> int:
+    """The last integer component of an address (`model.layers.7` -> 7)."""
+    return int(address.rsplit(".", 1)[1])
+
+
+def resolution(tensor: Any) -> str:
+    """`HxW` of an image batch [B, C, H, W]."""
+    return f"{tensor.shape[-2]}x{tensor.shape[-1]}"
+
+
+def first_tensor(call: Any, *names: str) -> Any:
+    """The first of the named arguments that is not None."""
+    for name in names:
+        value = call.arg(name)
+        if value is not None:
+            return value
+    return None
+
+
+def step_lane(call: Any) -> dict[str, Any]:
+    """Lane of a causal-LM top-level forward: phase, tokens in, past and total KV length."""
+    x = first_tensor(call, "input_ids", "inputs_embeds")
+    past = past_length(call.arg("past_key_values"))
+    seq = int(x.shape[1])
+    return {"phase": "prefill" if past == 0 else "decode", "batch": int(x.shape[0]), "seq_len": seq,
+            "past_len": past, "kv_len": past + seq}
+
+
+def tokens_in(call: Any) -> dict[str, Any]:
+    """Batch and sequence length of the first positional tensor ([B, S, ...] or [N, D] tokens)."""
+    x = call.args[0] if call.args else next(iter(call.kwargs.values()))
+    return {"batch": int(x.shape[0]), "seq_len": int(x.shape[1])} if len(x.shape) > 2 else {"tokens": int(x.shape[0])}

@@ -1,0 +1,50 @@
+"""Shared fixtures: the stubbed DeepSeek-OCR v1 model (loaded under a dynamic module name) and its sessions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stubs.deepseek_ocr_v1 import load_stub_model  # noqa: E402
+
+
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+needs_transformers5 = pytest.mark.skipif(
+    transformers_major() < 5, reason="DeepSeek-OCR 2 ships natively only in transformers 5.x")
+
+
+@pytest.fixture(scope="session")
+def v1_model():
+    return load_stub_model()
+
+
+@pytest.fixture(scope="session")
+def v1_sessions(v1_model, tmp_path_factory):
+    """Instrumented sessions on the v1 stub, run once: name -> (recorder, inputs, output)."""
+    from loopmeta.patches import instrument
+
+    out = {}
+    runs = {
+        "gundam_2x3": dict(image_size=(900, 1400), mode="gundam", new=3),
+        "base": dict(image_size=(1000, 800), mode="base", new=2),
+        "text": dict(image_size=None, mode="gundam", new=2),
+    }
+    from stubs.deepseek_ocr_v1 import MODES
+
+    for name, run in runs.items():
+        inputs = v1_model.prepare_infer_inputs(image_size=run["image_size"], **MODES[run["mode"]])
+        plan = inputs.pop("plan")
+        path = tmp_path_factory.mktemp(name) / "events.jsonl"
+        with instrument(v1_model, "deepseek_ocr_v1", events=path, check_versions=False) as rec:
+            seqs = v1_model.generate(**inputs, max_new_tokens=run["new"])
+        out[name] = dict(recorder=rec, inputs=inputs, plan=plan, sequences=seqs, new=run["new"], path=path)
+    return out

@@ -1,0 +1,181 @@
+"""The patch engine's guarantees: reversible, numerics unchanged, no tensor ops in wrappers, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from loopmeta.patches import (ConfigError, EventFileError, InstrumentationError, instrument, is_instrumented,
+                              load_config, read_events, uninstrument)
+from loopmeta.patches import engine
+from stubs.deepseek_ocr_v1 import MODES, load_stub_model
+
+MISSING = object()
+
+
+def class_attrs(model):
+    classes = {type(m) for m in model.modules()}
+    return {cls: (vars(cls).get("forward", MISSING), cls.forward) for cls in classes}
+
+
+def assert_restored(model, before):
+    for cls, (own, resolved) in before.items():
+        assert vars(cls).get("forward", MISSING) is own, cls.__name__
+        assert cls.forward is resolved, cls.__name__
+
+
+@pytest.fixture(scope="module")
+def inputs(v1_model):
+    kw = v1_model.prepare_infer_inputs(image_size=(1280, 640), **MODES["gundam"])
+    kw.pop("plan")
+    return kw
+
+
+def test_restores_every_attribute_after_normal_exit(v1_model, inputs):
+    before = class_attrs(v1_model)
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False):
+        assert type(v1_model.model.sam_model).__dict__["forward"] is not before[type(v1_model.model.sam_model)][0]
+        v1_model.generate(**inputs, max_new_tokens=1)
+    assert_restored(v1_model, before)
+    assert not is_instrumented(v1_model)
+
+
+def test_restores_every_attribute_when_the_forward_raises(v1_model):
+    before = class_attrs(v1_model)
+    bad = torch.full((1, 4), 10**6)  # out of vocabulary: the embedding raises inside the instrumented forward
+    with pytest.raises(IndexError):
+        with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as rec:
+            v1_model(input_ids=bad)
+    assert_restored(v1_model, before)
+    assert {(e.address, e.error) for e in rec.events} >= {("", "IndexError"), ("model", "IndexError")}
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False):  # and it can be instrumented again
+        pass
+
+
+def test_outputs_are_bit_identical(v1_model, inputs):
+    with torch.no_grad():
+        plain = v1_model(**{k: v for k, v in inputs.items() if k != "attention_mask"}).logits
+        plain_seq = v1_model.generate(**inputs, max_new_tokens=3)
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False), torch.no_grad():
+        traced = v1_model(**{k: v for k, v in inputs.items() if k != "attention_mask"}).logits
+        traced_seq = v1_model.generate(**inputs, max_new_tokens=3)
+    assert torch.equal(plain, traced)
+    assert torch.equal(plain_seq, traced_seq)
+
+
+class TensorOps(TorchFunctionMode):
+    """Records every torch function whose result holds a tensor, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = out if isinstance(out, (tuple, list)) else (out,)
+        if any(isinstance(x, torch.Tensor) for x in flat):
+            self.ops.append(getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func)))
+        return out
+
+
+def test_wrappers_issue_no_tensor_ops(v1_model, inputs):
+    with TensorOps() as plain:
+        v1_model.generate(**inputs, max_new_tokens=2)
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as rec, TensorOps() as traced:
+        v1_model.generate(**inputs, max_new_tokens=2)
+    assert len(rec.events) > 50  # the wrappers did run
+    assert len(plain.ops) > 1000
+    assert traced.ops == plain.ops
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ConfigError, match="no built-in model config for a model of class 'Linear'"):
+        instrument(torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="is for root classes"):
+        instrument(torch.nn.Linear(2, 2), "deepseek_ocr_v1", check_versions=False)
+    with pytest.raises(ConfigError, match="unknown model config 'nope'"):
+        instrument(torch.nn.Linear(2, 2), "nope")
+
+
+def test_missing_target_is_refused_and_nothing_is_patched():
+    model = load_stub_model()
+    del model.model.projector
+    before = class_attrs(model)
+    with pytest.raises(ConfigError) as err:
+        instrument(model, "deepseek_ocr_v1", check_versions=False)
+    assert "deepseek_ocr_v1" in str(err.value) and "'projector'" in str(err.value)
+    assert "model.sam_model" in str(err.value)  # says what it found near the missing target
+    assert_restored(model, before)
+    assert not is_instrumented(model)
+
+
+def test_version_pins(monkeypatch, v1_model):
+    before = class_attrs(v1_model)
+    monkeypatch.setattr(engine.metadata, "version", lambda package: "4.50.0")
+    with pytest.raises(ConfigError, match=r"pinned to transformers>=4.45.2,<4.48; installed transformers is 4.50.0"):
+        instrument(v1_model, "deepseek_ocr_v1")
+    assert_restored(v1_model, before)
+    monkeypatch.setattr(engine.metadata, "version", lambda package: "4.46.3")
+    with instrument(v1_model, "deepseek_ocr_v1"):
+        pass
+
+
+def test_double_instrument_is_refused_and_uninstrument_is_idempotent(v1_model):
+    before = class_attrs(v1_model)
+    inst = instrument(v1_model, "deepseek_ocr_v1", check_versions=False)
+    with pytest.raises(InstrumentationError, match="already instrumented"):
+        instrument(v1_model, "deepseek_ocr_v1", check_versions=False)
+    uninstrument(v1_model)
+    uninstrument(v1_model)
+    inst.uninstrument()
+    assert_restored(v1_model, before)
+
+
+def test_two_models_share_class_wrappers_without_mixing(v1_model, inputs):
+    other = load_stub_model(seed=1)
+    assert type(other) is type(v1_model)
+    before = class_attrs(v1_model)
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as a:
+        with instrument(other, "deepseek_ocr_v1", check_versions=False) as b:
+            other.generate(**inputs, max_new_tokens=1)
+        assert len(a.events) == 0 and len(b.events) > 0
+        v1_model.generate(**inputs, max_new_tokens=1)
+        assert len(a.events) == len(b.events)
+    assert_restored(v1_model, before)
+
+
+def test_auto_config_says_which(v1_model, caplog):
+    with caplog.at_level("INFO", logger="loopmeta"):
+        with instrument(v1_model, check_versions=False):
+            pass
+    assert "picked 'deepseek_ocr_v1'" in caplog.text
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda lines: ["not json"] + lines[1:], "not JSON"),
+    (lambda lines: [json.dumps({**json.loads(lines[0]), "version": 99})] + lines[1:], "schema version 99"),
+    (lambda lines: lines[1:], "first line must be a loopmeta.events header"),
+    (lambda lines: lines[:1] + [json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "seq"})],
+     "missing fields"),
+    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "phase": "warmup"})], "phase must be one of"),
+    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "call_index": 0})], "call_index"),
+    (lambda lines: [], "empty file"),
+])
+def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, message):
+    path = tmp_path / "events.jsonl"
+    with instrument(v1_model, "deepseek_ocr_v1", events=path, check_versions=False):
+        v1_model.generate(**inputs, max_new_tokens=1)
+    read_events(path)  # the untouched file is valid
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(mutate(lines)) + "\n")
+    with pytest.raises(EventFileError, match=message):
+        read_events(path)
+
+
+def test_config_loads_with_extractors():
+    config = load_config("deepseek_ocr_v1")
+    assert config.step_target.role == "step"
+    assert all(config.extractor(t.on_enter) or t.on_enter is None for t in config.targets)

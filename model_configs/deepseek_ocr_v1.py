@@ -84,3 +84,10 @@ def moe_selection(call: Any, result: Any) -> dict[str, Any]:
     return {"tokens": int(h.shape[0] * h.shape[1]) if len(h.shape) == 3 else int(h.shape[0]),
             "experts_total": len(call.module.experts), "top_k": getattr(call.module.gate, "top_k", None),
             "k": len(hits), "experts_hit": [i for i, _ in hits], "tokens_per_expert": [t for _, t in hits]}
+
+
+def quick_gelu(x: Any) -> Any:
+    """Plain-Python twin of CLIP's TorchScript `quick_gelu`, bound only during the TorchLens trace."""
+    import torch
+
+    return x * torch.sigmoid(1.702 * x)

@@ -48,6 +48,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Rebind:
+    """For the TorchLens trace only: replace `name` in the Python module defining the class of node `module_of`
+    by the adapter function `replacement` (TorchScript helpers are opaque to TorchLens)."""
+
+    module_of: str
+    name: str
+    replacement: str
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     description: str
@@ -57,6 +67,7 @@ class ModelConfig:
     adapter: str | None
     stages: tuple[str, ...]
     targets: tuple[Target, ...]
+    rebind: tuple[Rebind, ...] = ()
 
     @cached_property
     def adapter_module(self) -> ModuleType | None:
@@ -113,10 +124,13 @@ def _parse(path: Path) -> ModelConfig:
             raise ConfigError(f"config {name!r}: role {t.role!r} names stage {t.stage!r}, not in stages {stages}")
     config = ModelConfig(name=name, description=raw.get("description", ""), source=path,
                          root_classes=tuple(raw.get("root_classes", ())), requires=dict(raw.get("requires", {})),
-                         adapter=raw.get("adapter"), stages=stages, targets=tuple(targets))
+                         adapter=raw.get("adapter"), stages=stages, targets=tuple(targets),
+                         rebind=tuple(Rebind(**r) for r in raw.get("trace", {}).get("rebind", [])))
     for t in targets:  # fail at load time, not in the middle of a forward
         config.extractor(t.on_enter)
         config.extractor(t.on_exit)
+    for r in config.rebind:
+        config.extractor(r.replacement)
     return config
 
 

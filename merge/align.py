@@ -1,0 +1,67 @@
+"""Alignment of a session's events with a TorchLens trace of its first steps (the probe).
+
+For the steps the probe traced (one per call of the root module in the trace), every instrumented node must have
+the same number of calls on both sides, and each event `address:k` must line up with TorchLens's call `address:k`:
+same class, same primary (first tensor) input shape, and the same nearest instrumented ancestor as parent.
+The one allowed gap: a call that runs no tensor op is absent from TorchLens (it lands in `uncalled`), so nodes
+whose events show no tensor output and that TorchLens lists as uncalled are expected from the events only.
+Every other difference raises `AlignmentError` naming the node, the call index and both sides.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+from ..patches.events import CallEvent
+from .merger import MergeError
+
+
+class AlignmentError(MergeError):
+    """Events and the TorchLens trace disagree."""
+
+
+def _shape(shapes: Iterable[Any]) -> tuple[int, ...] | None:
+    for s in shapes:
+        return tuple(s)
+    return None
+
+
+def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str]) -> dict[str, Any]:
+    """Check the events of the traced steps against the trace; return a summary for the report."""
+    instrumented = set(instrumented)
+    steps = tree.num_calls("")
+    window = [e for e in events if e.step < steps]
+    problems: list[str] = []
+    ev_counts = Counter(e.address for e in window)
+    events_only = sorted(a for a in instrumented if ev_counts[a] and not tree.num_calls(a) and a in tree.uncalled
+                         and all(not e.outputs for e in window if e.address == a))
+    for address in sorted(instrumented):
+        if address in events_only:
+            continue
+        if ev_counts[address] != tree.num_calls(address):
+            problems.append(f"{address or '<root>'}: {ev_counts[address]} calls in the events of steps "
+                            f"0..{steps - 1}, {tree.num_calls(address)} in the TorchLens trace")
+    for e in sorted(window, key=lambda e: e.seq):
+        if e.address in events_only:
+            continue
+        call = tree.calls.get(e.key)
+        name = f"{e.address or '<root>'}:{e.call_index}"
+        if call is None:
+            continue  # already reported as a count difference
+        if call.class_name != e.class_name:
+            problems.append(f"{name}: class {e.class_name} in the events, {call.class_name} in the trace")
+        ev_shape, tl_shape = _shape(t.shape for t in e.inputs), _shape(call.input_shapes)
+        if ev_shape != tl_shape:
+            problems.append(f"{name}: first input shape {ev_shape} in the events, {tl_shape} in the trace")
+        parent = call.parent
+        while parent is not None and parent[0] not in instrumented:
+            parent = tree.calls[parent].parent
+        if parent != e.parent:
+            fmt = lambda p: "none" if p is None else f"{p[0] or '<root>'}:{p[1]}"  # noqa: E731
+            problems.append(f"{name}: parent call {fmt(e.parent)} in the events, {fmt(parent)} in the trace")
+    if problems:
+        raise AlignmentError(f"events and the TorchLens trace disagree ({len(problems)} problems):\n  "
+                             + "\n  ".join(problems[:40]))
+    return {"traced_steps": steps, "events_aligned": len(window) - sum(ev_counts[a] for a in events_only),
+            "events_only": events_only}

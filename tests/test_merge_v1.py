@@ -1,0 +1,200 @@
+"""Merger on v1 stub sessions: exact loop bounds, alignment with TorchLens, refusals, stable JSON.
+
+Expected bounds come from the stub's config and the reference facts; observed counts from plain forward hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from loopmeta.merge import calltree
+from loopmeta.merge.align import AlignmentError
+from loopmeta.merge.loops import expand, walk
+from loopmeta.merge.merger import MergeError, session_report, static_children
+from loopmeta.merge.report import ExactnessError, check_exact, read_report, write_report
+from loopmeta.merge.session import Probe, probe_section, trace_session
+from loopmeta.patches import load_config
+from stubs.deepseek_ocr_v1 import MODES
+
+NEW = 3
+
+
+def gen_inputs(model, size):
+    inputs = model.prepare_infer_inputs(image_size=size, **MODES["gundam"])
+    inputs.pop("plan")
+    return inputs
+
+
+def probe_of(model, inputs, steps=2):
+    rest = {k: v for k, v in inputs.items() if k != "input_ids"}
+    return Probe(model.generate, (inputs["input_ids"],), {**rest, "max_new_tokens": steps})
+
+
+def hook_counts(model, run):
+    """Independent count: a forward pre-hook on every module."""
+    seen: Counter[str] = Counter()
+    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
+               for a, m in model.named_modules()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def traced(v1_model):
+    inputs = gen_inputs(v1_model, (900, 1400))
+    report, _ = trace_session(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=NEW),
+                              config="deepseek_ocr_v1", probe=probe_of(v1_model, inputs), check_versions=False)
+    return report, inputs
+
+
+def find(loops, **kw):
+    hits = [l for l in walk(loops) if all(getattr(l, k) == v for k, v in kw.items())]
+    assert hits, kw
+    return hits
+
+
+def test_loop_bounds_match_the_facts(traced, v1_model):
+    report, _ = traced
+    cfg = v1_model.config
+    (steps,) = report.loops
+    assert (steps.kind, steps.bound, steps.axis) == ("parfor", NEW, "decode_step")
+    assert [v.iterations for v in steps.variants] == [[0], list(range(1, NEW))]  # prefill with vision, decode
+    for address in ("model.sam_model", "model.vision_model", "model.projector"):
+        (loop,) = find(report.loops, address=address)
+        assert (loop.kind, loop.bound) == ("parfor", 2)
+        assert [(l["view"], l["batch"]) for l in loop.lanes] == [("local", 6), ("global", 1)]
+    (blocks,) = find(report.loops, container="model.sam_model.blocks")
+    assert (blocks.kind, blocks.bound, blocks.members) == ("for", cfg.sam_depth, list(range(cfg.sam_depth)))
+    (clip,) = find(report.loops, container="model.vision_model.transformer.layers")
+    assert (clip.kind, clip.bound) == ("for", cfg.clip_layers)
+    # layer 0 is dense (a call of its own), the MoE layers 1..n-1 one stack; in prefill and in decode
+    dense = find(report.loops, address="model.layers.0")
+    assert all(l.kind == "call" for l in dense) and len(dense) == 2
+    moe_layers = find(report.loops, container="model.layers", kind="for")
+    assert [l.members for l in moe_layers] == [list(range(1, cfg.num_hidden_layers))] * 2
+    selects = find(report.loops, kind="select")
+    assert all(s.total == cfg.n_routed_experts for s in selects)
+    decode_select = selects[1]
+    assert [len(p) for p in decode_select.picks] == [cfg.num_experts_per_tok] * ((NEW - 1) * (cfg.num_hidden_layers - 1))
+    assert [l.kind for l in find(report.loops, address="lm_head")] == ["call", "call"]
+
+
+def test_expansion_equals_independent_hook_counts(traced, v1_model):
+    report, inputs = traced
+    hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=NEW))
+    got = expand(report.loops)
+    assert got == Counter({a: hooks[a] for a in got})
+    assert got["model.sam_model.blocks.1"] == 2 and got["lm_head"] == NEW and got["model.layers.2"] == NEW
+    # the probe: TorchLens's structural nest expands to the hook counts of prefill + one decode step
+    probe_hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=2))
+    probe = expand(report.probe["loops"])
+    assert probe.pop("<generate>") == 1  # the traced method is the root of the probe
+    assert probe == +probe_hooks
+    assert report.probe["traced_steps"] == 2 and report.probe["events_aligned"] > 0
+
+
+def test_seed_fields_match_hooks(traced, v1_model):
+    report, inputs = traced
+    seed = report.probe["seed"]
+    hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=2))
+    for address, n in hooks.items():
+        if address:  # the root is called by generate, which the seed names as "" too
+            assert seed["call_counts"].get(address, 0) == n, address
+    assert seed["edges"]["model.sam_model->model.sam_model.blocks.0"] == 2
+    assert "model.sam_model.blocks.0" in seed["module_children"]["model.sam_model.blocks"]
+
+
+def test_report_json_is_stable_across_runs(traced, v1_model, tmp_path):
+    report, inputs = traced
+    again, _ = trace_session(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=NEW),
+                             config="deepseek_ocr_v1", check_versions=False)
+    again.probe = report.probe
+    a = write_report(report, tmp_path / "a")
+    b = write_report(again, tmp_path / "b")
+    assert a["json"].read_bytes() == b["json"].read_bytes()
+    assert a["text"].read_text() == b["text"].read_text()
+    loaded = read_report(a["json"])
+    assert expand(loaded.loops) == expand(report.loops)
+    text = a["text"].read_text()
+    assert "model.sam_model parfor 2 axis=view [view=local" in text
+    assert "attention: window 14 at [0,2]; global at [1,3]" in text
+
+
+def test_writer_refuses_an_inexact_report(traced, tmp_path):
+    report, _ = traced
+    broken = copy.deepcopy(report)
+    (blocks,) = find(broken.loops, container="model.sam_model.blocks")
+    blocks.members = blocks.members[:-1]
+    with pytest.raises(ExactnessError, match=r"model.sam_model.blocks.3: observed 2 calls, report expands to 0"):
+        write_report(broken, tmp_path)
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_events_of_another_input_do_not_align(v1_model):
+    a = gen_inputs(v1_model, (900, 1400))
+    b = gen_inputs(v1_model, (1000, 800))
+    from loopmeta.patches import instrument
+
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as rec:
+        v1_model.generate(**a, max_new_tokens=2)
+    with pytest.raises(AlignmentError) as err:
+        probe_section(v1_model, probe_of(v1_model, b), load_config("deepseek_ocr_v1"), rec.events,
+                      sorted({e.address for e in rec.events}))
+    assert "model.sam_model:1: first input shape (6, 3, 640, 640) in the events, (4, 3, 640, 640) in the trace" \
+        in str(err.value)
+
+
+def test_tampered_event_streams_are_refused(v1_sessions, v1_model):
+    events = v1_sessions["gundam_2x3"]["recorder"].events
+    config = load_config("deepseek_ocr_v1")
+    kids = static_children(v1_model)
+    session_report(events, config, model_class="m", children=kids)  # the untouched stream is fine
+    sam = next(e for e in events if e.address == "model.sam_model")
+    with pytest.raises(MergeError, match="names parent model.sam_model:1"):
+        session_report([e for e in events if e is not sam], config, model_class="m", children=kids)
+    wrong = [copy.copy(e) for e in events]
+    block = next(e for e in wrong if e.address == "model.sam_model.blocks.0" and e.call_index == 2)
+    block.call_index = 1
+    with pytest.raises(MergeError, match=r"two events for model.sam_model.blocks.0:1"):
+        session_report(wrong, config, model_class="m", children=kids)
+    bad = [copy.copy(e) for e in events]
+    layer = next(e for e in bad if e.role == "llm.layer")
+    layer.lane = {**layer.lane, "extract_error": "model.layers.0:1: decoder_layer raised KeyError()"}
+    with pytest.raises(MergeError, match="metadata extraction failed"):
+        session_report(bad, config, model_class="m", children=kids)
+
+
+def test_tampered_count_is_caught_by_the_invariant(v1_sessions, v1_model):
+    events = v1_sessions["base"]["recorder"].events
+    roots = calltree.from_events(events)
+    report = session_report(events, load_config("deepseek_ocr_v1"), model_class="m",
+                            children=static_children(v1_model))
+    observed = calltree.counts(roots)
+    observed["lm_head"] += 1
+    with pytest.raises(ExactnessError, match="lm_head: observed 3 calls, report expands to 2"):
+        check_exact(report.loops, observed)
+
+
+def test_report_of_a_decode_step_that_differs_is_refused(v1_sessions, v1_model):
+    events = [copy.copy(e) for e in v1_sessions["gundam_2x3"]["recorder"].events]
+    # drop the shared experts of every MoE layer in the last decode step: that step's structure now differs
+    last = max(e.step for e in events)
+    events = [e for e in events if not (e.step == last and e.role == "llm.moe.shared")]
+    with pytest.raises(MergeError, match=rf"decode steps \[{last}\] have another call structure"):
+        session_report(events, load_config("deepseek_ocr_v1"), model_class="m", children=static_children(v1_model))
+
+
+def test_json_lanes_carry_no_session_ids(traced):
+    report, _ = traced
+    text = json.dumps(report.to_dict())
+    assert "session" not in text
+    assert torch.__version__ not in text

@@ -1,0 +1,83 @@
+"""Config-free mode: the exact loop nest of a model that has no config here, from its TorchLens trace alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from loopmeta.merge.capture import capture
+from loopmeta.merge.loops import expand, walk
+from loopmeta.merge.merger import structural_report
+from loopmeta.merge.render import to_text
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+class Repeats(torch.nn.Module):
+    """One child called three times in one parent call, and a ModuleList run as a stack."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Linear(4, 4)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x):
+        for _ in range(3):
+            x = self.shared(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def hook_counts(model, run):
+    seen: Counter[str] = Counter()
+    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
+               for a, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return +seen
+
+
+def test_llama_forward_expands_to_hook_counts(llama):
+    ids = torch.arange(1, 9)[None]
+    tree = capture(llama, (ids,), model=llama)
+    report = structural_report(tree)
+    assert expand(report.loops) == hook_counts(llama, lambda: llama(ids))
+    (layers,) = [l for l in walk(report.loops) if l.container == "model.layers"]
+    assert (layers.kind, layers.bound, layers.members) == ("for", 3, [0, 1, 2])
+    assert report.config is None and report.source == "torchlens"
+    assert "model.layers[0..2] for 3" in to_text(report)
+
+
+def test_llama_generate_steps_are_a_parfor(llama):
+    ids = torch.arange(1, 6)[None]
+    tree = capture(llama.generate, (ids,), {"max_new_tokens": 3, "do_sample": False}, model=llama)
+    report = structural_report(tree)
+    counts = expand(report.loops)
+    assert counts.pop("<generate>") == 1
+    assert counts == hook_counts(llama, lambda: llama.generate(ids, max_new_tokens=3, do_sample=False))
+    (steps,) = [l for l in walk(report.loops) if l.address == "" and l.kind == "parfor"]
+    assert steps.bound == 3
+
+
+def test_repeat_and_stack():
+    model = Repeats().eval()
+    x = torch.ones(2, 4)
+    report = structural_report(capture(model, (x,), model=model))
+    kinds = {(l.kind, l.address if l.kind == "parfor" else l.container, l.bound) for l in walk(report.loops)}
+    assert ("parfor", "shared", 3) in kinds and ("for", "blocks", 5) in kinds
+    assert expand(report.loops) == hook_counts(model, lambda: model(x))

@@ -100,7 +100,7 @@ def session_report(events: list[CallEvent], config: ModelConfig | None, *, model
     steps = [{"step": e.step, **{k: v for k, v in e.lane.items() if k != "step"}}
              for e in sorted(events, key=lambda e: e.seq) if e.role == step_role]
     notes = []
-    early = sorted({e.address for e in events if e.lane.get("before_first_forward")})
+    early = sorted({e.address for e in events if e.lane.get("before_first_forward") and e.parent is None})
     if early:
         notes.append(f"ran before the first forward of the session, counted in step 0: {', '.join(early)}")
     report = Report(model_class=model_class, config=config.name if config else None, source="events",

@@ -52,9 +52,11 @@ def varying(loop: Loop) -> str:
     return " | ".join(parts)
 
 
-def headline(loop: Loop) -> str:
+def headline(loop: Loop, depth: int = 0) -> str:
     axis = f" axis={loop.axis}" if loop.axis else ""
     stage = f"  {{{loop.stage}}}" if loop.stage else ""
+    if depth == 0 and loop.lanes and all(lane.get("before_first_forward") for lane in loop.lanes):
+        stage += "  (step 0, before the first forward)"
     if loop.kind == "call":
         return f"{name(loop.address, loop.class_name)}{stage}"
     if loop.kind == "parfor":
@@ -74,7 +76,7 @@ def headline(loop: Loop) -> str:
 def loop_lines(loops: list[Loop], depth: int = 0) -> list[str]:
     lines = []
     for loop in loops:
-        lines.append("  " * depth + headline(loop))
+        lines.append("  " * depth + headline(loop, depth))
         many = len(loop.variants) > 1
         for v in loop.variants:
             if many:

@@ -1,13 +1,13 @@
 """One call from a model and a session to a checked report: events over every step, a TorchLens probe of the
 first steps, alignment, loop inference, exactness.
 
-    report, output = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=64),
-                                   probe=Probe(model.generate, kwargs={**inputs, "max_new_tokens": 2}))
+    report, output = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=64), probe="auto")
     write_report(report, "out/")
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,45 @@ class Probe:
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class FirstCall:
+    """Remembers the arguments of the first call of `cls.<method>` (class-level wrapt wrapper, restored on exit):
+    how the probe learns what `generate()` was called with inside a vendor helper such as v1's `infer()`."""
+
+    def __init__(self, cls: type, method: str = "generate"):
+        self.cls, self.method = cls, method
+        self.args: tuple[Any, ...] | None = None
+        self.kwargs: dict[str, Any] = {}
+
+    def __enter__(self) -> "FirstCall":
+        import wrapt
+
+        self._own = self.cls.__dict__.get(self.method)
+
+        def remember(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            if self.args is None:
+                self.args, self.kwargs = args, dict(kwargs)
+            return wrapped(*args, **kwargs)
+
+        wrapt.wrap_function_wrapper(self.cls, self.method, remember)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._own is None:
+            delattr(self.cls, self.method)
+        else:
+            setattr(self.cls, self.method, self._own)
+
+    def probe(self, model: Any, max_new_tokens: int = 2) -> Probe | None:
+        """`generate` again on the same inputs for prefill + one decode step; None when it was never called."""
+        if self.args is None:
+            return None
+        args, kwargs = self.args, dict(self.kwargs)
+        if not args:  # TorchLens needs one positional input for a bound method
+            args = (kwargs.pop("input_ids"),)
+        kwargs["max_new_tokens"] = max_new_tokens
+        return Probe(getattr(model, self.method), args, kwargs)
 
 
 def rebinds(config: ModelConfig, model: Any) -> list[tuple[object, str, object]]:
@@ -55,15 +94,20 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
 
 
 def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | ModelConfig = "auto",
-                  probe: Probe | None = None, events: str | Path | None = None,
-                  check_versions: bool = True) -> tuple[Report, Any]:
-    """Run `run()` instrumented, then trace `probe` (if given) with TorchLens and merge; returns the checked
-    report and what `run()` returned."""
-    inst = instrument(model, config, events=events, check_versions=check_versions)
-    with inst as recorder:
+                  probe: Probe | str | None = None, events: str | Path | None = None,
+                  check_versions: bool = True, options: dict[str, Any] | None = None) -> tuple[Report, Any]:
+    """Run `run()` instrumented, then trace `probe` with TorchLens and merge; returns the checked report and what
+    `run()` returned. `probe="auto"` re-runs the session's first `generate()` call for 2 new tokens."""
+    inst = instrument(model, config, events=events, check_versions=check_versions, options=options)
+    first = FirstCall(type(model)) if probe == "auto" else None
+    with inst as recorder, (first or contextlib.nullcontext()):
         output = run()
+    if first is not None:
+        probe = first.probe(model)
     report = session_report(recorder.events, inst.config, model_class=type(model).__name__,
                             children=static_children(model))
+    if probe is None and first is not None:
+        report.notes.append("no TorchLens probe: the session never called generate()")
     if probe is not None:
         report.probe = probe_section(model, probe, inst.config, recorder.events,
                                      [a for a, _, _ in inst.bindings])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopmeta.model_configs.lanes import index_of, past_length, resolution, step_lane, tokens_in
+from loopmeta.model_configs.lanes import first_tensor, index_of, past_length, resolution, step_lane, tokens_in
 
 causal_lm_step = step_lane
 tokens = tokens_in
@@ -17,8 +17,7 @@ tokens = tokens_in
 
 def ocr_model_views(call: Any) -> dict[str, Any]:
     """`DeepseekOCRModel.forward`: the views the vision encoders will be called on, in call order."""
-    x = call.arg("input_ids")
-    x = x if x is not None else call.arg("inputs_embeds")
+    x = first_tensor(call, "input_ids", "inputs_embeds")
     lane: dict[str, Any] = {"seq_len": int(x.shape[1])}
     images, spatial = call.arg("images"), call.arg("images_spatial_crop")
     if images is None or x.shape[1] == 1:
@@ -71,8 +70,7 @@ def sam_block(call: Any) -> dict[str, Any]:
 
 def decoder_layer(call: Any) -> dict[str, Any]:
     h = call.arg("hidden_states")
-    cache = call.arg("past_key_value")
-    cache = cache if cache is not None else call.arg("past_key_values")
+    cache = first_tensor(call, "past_key_value", "past_key_values")
     return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
             "mlp": type(call.module.mlp).__name__}
 

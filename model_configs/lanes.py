@@ -27,7 +27,7 @@ def resolution(tensor: Any) -> str:
 
 
 def first_tensor(call: Any, *names: str) -> Any:
-    """The first of the named arguments that is not None."""
+    """The first of the named arguments that is not None (tensor or other object)."""
     for name in names:
         value = call.arg(name)
         if value is not None:
@@ -38,7 +38,7 @@ def first_tensor(call: Any, *names: str) -> Any:
 def step_lane(call: Any) -> dict[str, Any]:
     """Lane of a causal-LM top-level forward: phase, tokens in, past and total KV length."""
     x = first_tensor(call, "input_ids", "inputs_embeds")
-    past = past_length(call.arg("past_key_values"))
+    past = past_length(first_tensor(call, "cache", "past_key_values"))
     seq = int(x.shape[1])
     return {"phase": "prefill" if past == 0 else "decode", "batch": int(x.shape[0]), "seq_len": seq,
             "past_len": past, "kv_len": past + seq}

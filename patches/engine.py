@@ -109,7 +109,7 @@ class Instrumentation:
     """One instrumented model: a context manager that yields the `Recorder` and uninstruments on exit."""
 
     def __init__(self, model: Any, config: ModelConfig, events_path: str | Path | None = None,
-                 check_versions: bool = True):
+                 check_versions: bool = True, options: dict[str, Any] | None = None):
         self.model = model
         self.config = config
         if config.root_classes and type(model).__name__ not in config.root_classes:
@@ -120,6 +120,7 @@ class Instrumentation:
         self.bindings = resolve(model, config)
         self.addresses = {id(m): a for a, m, _ in self.bindings}
         self.recorder = Recorder(config.name, type(model).__name__, events_path)
+        self.recorder.state["options"] = dict(options or {})
         self.active = False
 
     def instrument(self) -> Recorder:
@@ -165,10 +166,11 @@ class Instrumentation:
 
 
 def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,
-               check_versions: bool = True) -> Instrumentation:
+               check_versions: bool = True, options: dict[str, Any] | None = None) -> Instrumentation:
     """Instrument `model` now; use the result as a context manager (`with instrument(m) as recorder:`) or call
     `uninstrument(m)` later. `config` is "auto" (picked from the model's class), a built-in name or a .toml path.
-    `events` is an optional JSONL path that receives every event as it happens."""
+    `events` is an optional JSONL path that receives every event as it happens; `options` reach the adapter's
+    extractors as `call.state["options"]` (e.g. `{"expert_ledger": False}` for DeepSeek-OCR 2)."""
     if id(model) in _LIVE:
         raise InstrumentationError(f"{type(model).__name__} is already instrumented by config "
                                    f"{_LIVE[id(model)].config.name!r}; uninstrument it first")
@@ -179,7 +181,7 @@ def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events:
         log.warning("loopmeta: config 'auto' picked %r for %s", chosen.name, type(model).__name__)
     else:
         chosen = load_config(config)
-    inst = Instrumentation(model, chosen, events, check_versions)
+    inst = Instrumentation(model, chosen, events, check_versions, options)
     inst.instrument()
     return inst
 

@@ -1,0 +1,73 @@
+"""Extractors for DeepSeek-OCR 2 as shipped natively by transformers (`transformers.models.deepseek_ocr2`).
+
+Facts used (shared/reference/deepseek-ocr2-transformers.md): the vision tower runs once on the global views
+(1024x1024, batch = images) and, when any image has crops, once on all crops (768x768, batch = sum of crops),
+global first; in `generate()` this happens before the first forward. Experts are weight tensors, not modules, so
+the experts hit are read from the router's top-k ids: the one documented tensor read of loopmeta (one host copy per
+MoE call; switch it off with `instrument(..., options={"expert_ledger": False})`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from loopmeta.model_configs.lanes import first_tensor, index_of, past_length, resolution, step_lane, tokens_in
+
+GLOBAL_SIZE, TILE_SIZE = 1024, 768
+
+causal_lm_step = step_lane
+tokens = tokens_in
+
+
+def vision_view(call: Any) -> dict[str, Any]:
+    """`vision_tower`: the global views and the crops are told apart by their resolution."""
+    x = call.arg("pixel_values")
+    size = int(x.shape[-1])
+    view = {GLOBAL_SIZE: "global", TILE_SIZE: "local"}.get(size, f"unknown {size}")
+    return {"view": view, "batch": int(x.shape[0]), "resolution": resolution(x)}
+
+
+GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in the vendor model)
+
+
+def projector_view(call: Any) -> dict[str, Any]:
+    """The projector runs right after each vision-tower call; its token count names the view."""
+    x = call.args[0]
+    tokens = int(x.shape[1])
+    view = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}.get(tokens, f"unknown {tokens}")
+    return {"view": view, "batch": int(x.shape[0]), "tokens": tokens}
+
+
+def sam_layer(call: Any) -> dict[str, Any]:
+    window = int(call.module.window_size)
+    return {"attention": "global" if window == 0 else f"window {window}", "batch": int(call.args[0].shape[0])}
+
+
+def decoder_layer(call: Any) -> dict[str, Any]:
+    h = call.arg("hidden_states")
+    cache = first_tensor(call, "cache", "past_key_values")
+    return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
+            "mlp": type(call.module.mlp).__name__}
+
+
+def router_topk(call: Any, result: Any) -> dict[str, Any]:
+    """The router's top-k ids -> experts hit and tokens per expert (the documented exception: one host read)."""
+    if not call.state.get("options", {}).get("expert_ledger", True):
+        return {}
+    ids = result[2]
+    counts = Counter(e for row in ids.tolist() for e in row)  # the one host copy
+    hit = sorted(counts)
+    return {"router": {"experts_hit": hit, "tokens_per_expert": [counts[e] for e in hit],
+                       "experts_total": int(call.module.num_experts), "top_k": int(call.module.top_k),
+                       "tokens": int(ids.shape[0])}}
+
+
+def moe_done(call: Any, result: Any) -> dict[str, Any]:
+    """The MoE call carries its router's ledger and the experts implementation in use."""
+    lane = {"experts_implementation": getattr(call.module.experts.config, "_experts_implementation", None)}
+    gate = [c for c in call.children if c.role == "llm.moe.gate"]
+    if gate and "router" in gate[0].lane:
+        lane.update(gate[0].lane["router"])
+        lane["k"] = len(lane["experts_hit"])
+    return lane

@@ -1,0 +1,160 @@
+"""loopmeta's main job: trace one inference session end to end and write its loop report.
+
+With no arguments it runs offline on a built-in tiny random-weight DeepSeek-OCR 2 (real transformers code, real
+image processor, a small offline tokenizer, a synthetic page) and `generate`s a few tokens. Output folder: the
+events (JSONL), the report (JSON, text, Markdown); the compact loop nest is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+V1_MODES = {  # DeepSeek-OCR v1 infer() settings per mode (shared/reference/deepseek-ocr-v1.md)
+    "tiny": dict(base_size=512, image_size=512, crop_mode=False),
+    "small": dict(base_size=640, image_size=640, crop_mode=False),
+    "base": dict(base_size=1024, image_size=1024, crop_mode=False),
+    "large": dict(base_size=1280, image_size=1280, crop_mode=False),
+    "gundam": dict(base_size=1024, image_size=640, crop_mode=True),
+}
+
+
+class UserError(Exception):
+    """Something the user can fix; printed without a traceback."""
+
+
+@dataclass
+class Session:
+    model: Any
+    run: Callable[[], Any]
+    label: str
+    config: str = "auto"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loopmeta", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="hub id or local path (default: built-in tiny DeepSeek-OCR 2, offline)")
+    p.add_argument("--revision", help="model revision (branch, tag or commit)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1)")
+    p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
+    p.add_argument("--prompt", default="<image>\nFree OCR.", help="prompt with one <image> tag")
+    p.add_argument("--mode", choices=sorted(V1_MODES), default="gundam", help="DeepSeek-OCR v1 resolution mode")
+    p.add_argument("--max-new-tokens", type=int, default=4, help="tokens to generate (default 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2 (model default when omitted)")
+    p.add_argument("--experts-implementation", help="DeepSeek-OCR 2 MoE experts: grouped_mm or eager")
+    p.add_argument("--config", default="auto", help="force a model config: built-in name or .toml path")
+    p.add_argument("--no-torchlens", action="store_true", help="events only: skip the TorchLens probe")
+    p.add_argument("--no-expert-ledger", action="store_true",
+                   help="DeepSeek-OCR 2: do not read the router's top-k ids (no MoE selection in the report)")
+    p.add_argument("--out", type=Path, default=Path("loopmeta-out"), help="output folder (default loopmeta-out)")
+    return p.parse_args(argv)
+
+
+def _image(args: argparse.Namespace) -> Any:
+    from loopmeta.model_configs import deepseek_ocr2_tiny as tiny
+
+    if args.image is None:
+        return tiny.synthetic_page(1600, 1200)
+    from PIL import Image
+
+    if not args.image.is_file():
+        raise UserError(f"image {args.image} not found")
+    return Image.open(args.image).convert("RGB")
+
+
+def builtin_session(args: argparse.Namespace) -> Session:
+    import torch
+
+    from loopmeta.model_configs import deepseek_ocr2_tiny as tiny
+
+    if not tiny.is_available():
+        import transformers
+
+        raise UserError(f"the built-in model needs transformers 5.x with deepseek_ocr2; installed "
+                        f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
+    model = tiny.build_model("tiny", dtype=getattr(torch, args.dtype),
+                             experts_implementation=args.experts_implementation).to(args.device)
+    inputs = tiny.prepare_inputs(tiny.build_processor(), _image(args), args.prompt).to(args.device)
+    return Session(model, lambda: model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False),
+                   "built-in tiny random-weight DeepSeek-OCR 2", args.config)
+
+
+def hub_session(args: argparse.Namespace) -> Session:
+    import torch
+    from transformers import AutoConfig
+
+    common = dict(revision=args.revision, trust_remote_code=args.trust_remote_code)
+    try:
+        hf_config = AutoConfig.from_pretrained(args.model, **common)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the config of {args.model!r}: {exc}\nOffline, the weights must be in the "
+                        "local Hugging Face cache or a local folder; remote code needs --trust-remote-code.") from None
+    archs = getattr(hf_config, "architectures", None) or []
+    dtype = getattr(torch, args.dtype)
+    if "DeepseekOCRForCausalLM" in archs:  # v1 remote code: drive the vendor's own infer()
+        from transformers import AutoModel, AutoTokenizer
+
+        if args.image is None:
+            raise UserError("DeepSeek-OCR v1 runs its own infer() on an image file: pass --image")
+        model = AutoModel.from_pretrained(args.model, _attn_implementation=args.attn_implementation or "eager",
+                                          torch_dtype=dtype, **common).eval().to(args.device)
+        tokenizer = AutoTokenizer.from_pretrained(args.model, **common)
+        mode = V1_MODES[args.mode]
+
+        def run() -> Any:
+            return model.infer(tokenizer, prompt=args.prompt, image_file=str(args.image), output_path=str(args.out),
+                               save_results=False, eval_mode=True, **mode)
+
+        return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode})", args.config)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **extra, **common)
+    model = model.eval().to(args.device)
+    if args.experts_implementation:
+        model.set_experts_implementation(args.experts_implementation)
+    processor = AutoProcessor.from_pretrained(args.model, **common)
+    inputs = processor(images=_image(args), text=args.prompt, return_tensors="pt").to(args.device)
+    return Session(model, lambda: model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False),
+                   args.model, args.config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        from loopmeta.merge.capture import CaptureError
+        from loopmeta.merge.merger import MergeError
+        from loopmeta.merge.render import to_text
+        from loopmeta.merge.report import ExactnessError, write_report
+        from loopmeta.merge.session import trace_session
+        from loopmeta.patches import ConfigError, InstrumentationError
+
+        with console.status("building the model and inputs"):
+            session = builtin_session(args) if args.model is None else hub_session(args)
+        console.print(f"model: {session.label}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        events = args.out / "events.jsonl"
+        with console.status("running the instrumented session" + ("" if args.no_torchlens else
+                                                                   ", then the TorchLens probe (prefill + 1 step)")):
+            report, _ = trace_session(session.model, session.run, config=session.config, events=events,
+                                      probe=None if args.no_torchlens else "auto",
+                                      options={"expert_ledger": not args.no_expert_ledger})
+        paths = write_report(report, args.out)
+    except (UserError, ConfigError, InstrumentationError, MergeError, CaptureError, ExactnessError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return 2
+    print(to_text(report))
+    console.print(f"wrote {events}, " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

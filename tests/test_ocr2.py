@@ -1,0 +1,119 @@
+"""Real vendor code: transformers' native DeepSeek-OCR 2 (tiny random weights) through the real processor.
+
+Expected bounds are computed from the processor outputs and the model's own module tree; the MoE selection is
+compared with an independent forward hook on every router.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import needs_transformers5
+from loopmeta.merge.loops import expand, walk
+from loopmeta.merge.report import write_report
+from loopmeta.merge.session import trace_session
+
+pytestmark = [needs_transformers5, pytest.mark.real_model]
+NEW = 3
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from loopmeta.model_configs import deepseek_ocr2_tiny as T
+
+    return T
+
+
+def router_ids(model, run):
+    """Independent ledger: unique top-k ids of every router call, in call order."""
+    rows = []
+    hooks = [m.register_forward_hook(lambda mod, args, out, a=a: rows.append((a, sorted(set(out[2].flatten().tolist())))))
+             for a, m in model.named_modules() if type(m).__name__ == "DeepseekOcr2TextTopkRouter"]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def session(tiny, experts="grouped_mm", image=(1600, 1200)):
+    model = tiny.build_model("tiny", experts_implementation=experts)
+    inputs = tiny.prepare_inputs(tiny.build_processor(), tiny.synthetic_page(*image))
+    run = lambda: model.generate(**inputs, max_new_tokens=NEW, do_sample=False)  # noqa: E731
+    report, _ = trace_session(model, run, probe="auto")
+    return model, inputs, report, run
+
+
+@pytest.mark.parametrize("image", [(1600, 1200), (1600, 800), (640, 480)])
+def test_loop_bounds_from_processor_and_config(tiny, image, tmp_path):
+    model, inputs, report, run = session(tiny, image=image)
+    crops = int(inputs["num_local_patches"].sum()) if "pixel_values_local" in inputs else 0
+    image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert image_tokens == 256 + 144 * crops + 1
+    tower = [l for l in walk(report.loops) if l.address == "model.vision_tower"]
+    assert len(tower) == 1
+    expected_lanes = [("global", 1, "1024x1024")] + ([("local", crops, "768x768")] if crops else [])
+    assert [(l["view"], l["batch"], l["resolution"]) for l in tower[0].lanes] == expected_lanes
+    assert tower[0].bound == len(expected_lanes)
+    sam_depth = len(model.model.vision_tower.sam_encoder.layers)
+    enc_depth = len(model.model.vision_tower.vision_encoder.layers)
+    (sam,) = [l for l in walk(report.loops) if l.container == "model.vision_tower.sam_encoder.layers"]
+    (enc,) = [l for l in walk(report.loops) if l.container == "model.vision_tower.vision_encoder.layers"]
+    assert (sam.kind, sam.bound, enc.kind, enc.bound) == ("for", sam_depth, "for", enc_depth)
+    (steps,) = [l for l in report.loops if l.role == "step"]
+    assert (steps.kind, steps.bound) == ("parfor", NEW)
+    prompt = inputs["input_ids"].shape[1]
+    assert [(s["phase"], s["seq_len"], s["past_len"]) for s in report.steps] == [
+        ("prefill", prompt, 0)] + [("decode", 1, prompt + i - 1) for i in range(1, NEW)]
+    counts = expand(report.loops)
+    n_layers = len(model.model.language_model.layers)
+    assert counts["lm_head"] == NEW and counts[f"model.language_model.layers.{n_layers - 1}"] == NEW
+    assert counts["model.vision_tower"] == len(expected_lanes)
+    assert report.probe["traced_steps"] == 2
+    write_report(report, tmp_path)  # exactness is checked before anything is written
+    # MoE ledger == the routers' own top-k ids, per (layer, step), in order
+    ledger = [(r["address"] + ".gate", r["experts"]) for r in report.moe["rows"]]
+    assert ledger == router_ids(model, run)
+    top_k = model.config.text_config.num_experts_per_tok
+    assert all(r["k"] == top_k for r in report.moe["rows"] if r["step"] > 0)
+
+
+def test_both_experts_implementations_agree(tiny):
+    a = session(tiny, experts="grouped_mm")[2]
+    b = session(tiny, experts="eager")[2]
+    assert expand(a.loops) == expand(b.loops)
+    assert a.moe["rows"] == b.moe["rows"]
+    impls = {l.lanes[0].get("experts_implementation") for r in (a, b) for l in walk(r.loops) if l.role == "llm.moe"}
+    assert impls == {"grouped_mm", "eager"}
+
+
+def test_expert_ledger_can_be_switched_off(tiny):
+    model = tiny.build_model("tiny")
+    inputs = tiny.prepare_inputs(tiny.build_processor(), tiny.synthetic_page(640, 480))
+    report, _ = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False),
+                              options={"expert_ledger": False})
+    assert report.moe is None and report.probe is None
+
+
+def test_run_traced_without_arguments(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "run_traced.py")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "loopmeta-out"
+    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "report.json", "report.md", "report.txt"]
+    assert "model.vision_tower parfor 2 axis=view" in done.stdout
+    assert "parfor 4 axis=decode_step" in done.stdout
+
+
+def test_run_traced_refuses_what_it_cannot_do(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "run_traced.py"), "--model", str(tmp_path / "nothing")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "cannot load the config" in done.stderr

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..patches.events import jsonable
 from .loops import Loop, expand
 
 REPORT_SCHEMA = "loopmeta.report"
@@ -38,19 +39,9 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION}
         for f in dataclasses.fields(self):
-            data[f.name] = _plain(getattr(self, f.name))
+            data[f.name] = jsonable(getattr(self, f.name))
         data["counts"] = dict(sorted(self.counts.items()))
         return data
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def check_exact(loops: list[Loop], observed: dict[str, int], what: str = "report") -> None:

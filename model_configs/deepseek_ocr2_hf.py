@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from loopmeta.model_configs.lanes import first_tensor, index_of, past_length, resolution, step_lane, tokens_in
+from loopmeta.model_configs.lanes import decoder_layer  # noqa: F401  (extractors named in the TOML)
+from loopmeta.model_configs.lanes import step_lane as causal_lm_step  # noqa: F401
+from loopmeta.model_configs.lanes import tokens_in as tokens  # noqa: F401
+from loopmeta.model_configs.lanes import window_attention as sam_layer  # noqa: F401
+from loopmeta.model_configs.lanes import resolution
 
 GLOBAL_SIZE, TILE_SIZE = 1024, 768
 
-causal_lm_step = step_lane
-tokens = tokens_in
 
 
 def vision_view(call: Any) -> dict[str, Any]:
@@ -37,18 +39,6 @@ def projector_view(call: Any) -> dict[str, Any]:
     tokens = int(x.shape[1])
     view = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}.get(tokens, f"unknown {tokens}")
     return {"view": view, "batch": int(x.shape[0]), "tokens": tokens}
-
-
-def sam_layer(call: Any) -> dict[str, Any]:
-    window = int(call.module.window_size)
-    return {"attention": "global" if window == 0 else f"window {window}", "batch": int(call.args[0].shape[0])}
-
-
-def decoder_layer(call: Any) -> dict[str, Any]:
-    h = call.arg("hidden_states")
-    cache = first_tensor(call, "cache", "past_key_values")
-    return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
-            "mlp": type(call.module.mlp).__name__}
 
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopmeta.model_configs.lanes import first_tensor, index_of, past_length, resolution, step_lane, tokens_in
-
-causal_lm_step = step_lane
-tokens = tokens_in
+from loopmeta.model_configs.lanes import decoder_layer  # noqa: F401  (extractors named in the TOML)
+from loopmeta.model_configs.lanes import step_lane as causal_lm_step  # noqa: F401
+from loopmeta.model_configs.lanes import tokens_in as tokens  # noqa: F401
+from loopmeta.model_configs.lanes import window_attention as sam_block  # noqa: F401
+from loopmeta.model_configs.lanes import first_tensor, index_of, resolution
 
 
 def ocr_model_views(call: Any) -> dict[str, Any]:
@@ -61,18 +62,6 @@ def view_lane(call: Any) -> dict[str, Any]:
         raise ValueError(f"{call.address}: planned {lane['view']} view of batch {lane['batch']}, input batch "
                          f"{x.shape[0]}")
     return lane
-
-
-def sam_block(call: Any) -> dict[str, Any]:
-    window = int(call.module.window_size)
-    return {"attention": "global" if window == 0 else f"window {window}", "batch": int(call.args[0].shape[0])}
-
-
-def decoder_layer(call: Any) -> dict[str, Any]:
-    h = call.arg("hidden_states")
-    cache = first_tensor(call, "past_key_value", "past_key_values")
-    return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
-            "mlp": type(call.module.mlp).__name__}
 
 
 def moe_selection(call: Any, result: Any) -> dict[str, Any]:

@@ -48,3 +48,17 @@ def tokens_in(call: Any) -> dict[str, Any]:
     """Batch and sequence length of the first positional tensor ([B, S, ...] or [N, D] tokens)."""
     x = call.args[0] if call.args else next(iter(call.kwargs.values()))
     return {"batch": int(x.shape[0]), "seq_len": int(x.shape[1])} if len(x.shape) > 2 else {"tokens": int(x.shape[0])}
+
+
+def window_attention(call: Any) -> dict[str, Any]:
+    """A SAM block/layer: global attention (window size 0) or windowed, from the module's own parameter."""
+    window = int(call.module.window_size)
+    return {"attention": "global" if window == 0 else f"window {window}", "batch": int(call.args[0].shape[0])}
+
+
+def decoder_layer(call: Any) -> dict[str, Any]:
+    """A decoder layer: tokens in, past length of its own cache layer (read before it updates), MLP class."""
+    h = call.arg("hidden_states")
+    cache = first_tensor(call, "cache", "past_key_value", "past_key_values")
+    return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
+            "mlp": type(call.module.mlp).__name__}

@@ -71,18 +71,19 @@ class CallEvent:
         return (self.address, self.call_index)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Dataclasses, dicts and sequences as plain JSON values (dataclass fields in declaration order)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
 
 
 def dump_line(obj: SessionHeader | CallEvent) -> str:
-    data = _jsonable(obj)
+    data = jsonable(obj)
     data["kind"] = "header" if isinstance(obj, SessionHeader) else "call"
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 

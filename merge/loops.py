@@ -180,7 +180,8 @@ class LoopBuilder:
         return loops
 
 
-def _subst(address: str, subs: tuple[tuple[str, str], ...]) -> str:
+def substitute(address: str, subs: tuple[tuple[str, str], ...]) -> str:
+    """Apply (old prefix -> new prefix) pairs in order; a prefix matches whole address components only."""
     for old, new in subs:
         if address == old or address.startswith(old + "."):
             address = new + address[len(old):]
@@ -195,7 +196,7 @@ def expand(loops: Iterable[Loop]) -> Counter[str]:
     def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...]) -> None:
         for loop in loops:
             if loop.kind in ("call", "parfor"):
-                address = _subst(loop.address, subs)
+                address = substitute(loop.address, subs)
                 positions = {i: v for v in loop.variants for i in v.iterations}
                 for i in range(loop.bound if loop.kind == "parfor" else 1):
                     out[address] += 1
@@ -206,11 +207,11 @@ def expand(loops: Iterable[Loop]) -> Counter[str]:
                     cursors[id(loop)] += 1
                 else:
                     picked = loop.members
-                container = _subst(loop.container, subs)
+                container = substitute(loop.container, subs)
                 for m in picked:
                     member = f"{container}.{m}"
                     out[member] += 1
-                    visit(loop.body, subs + ((_subst(loop.address, subs), member),))
+                    visit(loop.body, subs + ((substitute(loop.address, subs), member),))
 
     visit(loops, ())
     return out

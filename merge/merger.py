@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from ..patches.config import ModelConfig
 from ..patches.events import CallEvent
 from . import calltree
-from .loops import Hints, LoopBuilder
+from .loops import Hints, Loop, LoopBuilder
 from .report import Report, check_exact
 
 
@@ -79,6 +79,24 @@ def _check_steps(loops: list, step_role: str | None) -> None:
                              f"(compare the events of step {odd[0]} with step {first[0]})")
 
 
+def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) -> list[dict[str, Any]]:
+    """Each group of steps that share one call structure, with every stage's loop nest (empty ones kept)."""
+    from .render import stage_nest, same_stage
+
+    step_loops = [l for l in loops if l.role == step_role]
+    if not stages or len(step_loops) != 1:
+        return []
+    (steps,) = step_loops
+    early = [l for l in loops if l is not steps]  # ran before the first forward: step 0
+    groups = []
+    for v in steps.variants:
+        phases = sorted({steps.lanes[i].get("phase", "?") for i in v.iterations})
+        body = v.body + (early if 0 in v.iterations else [])
+        groups.append({"steps": list(v.iterations), "phase": "+".join(phases),
+                       "stages": {s: "; ".join(stage_nest(l) for l in same_stage(body, s)) for s in stages}})
+    return groups
+
+
 def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,
                    children: dict[str, tuple[str, ...]] | None = None) -> Report:
     """The labelled loop nest of a whole session from its events; exactness is checked before returning."""
@@ -104,6 +122,6 @@ def session_report(events: list[CallEvent], config: ModelConfig | None, *, model
     if early:
         notes.append(f"ran before the first forward of the session, counted in step 0: {', '.join(early)}")
     report = Report(model_class=model_class, config=config.name if config else None, source="events",
-                    loops=loops, counts=counts, steps=steps, stages=list(config.stages) if config else [],
-                    moe=moe_table(events), notes=notes)
+                    loops=loops, counts=counts, steps=steps, moe=moe_table(events), notes=notes,
+                    stage_view=stage_view(loops, config.stages if config else (), step_role))
     return report

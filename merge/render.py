@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .loops import Loop
+from .loops import Loop, substitute
 from .report import Report
 
 # lane keys that every event lane carries; shown once per step, not on every loop
@@ -52,37 +52,94 @@ def varying(loop: Loop) -> str:
     return " | ".join(parts)
 
 
-def headline(loop: Loop, depth: int = 0) -> str:
+Subs = tuple[tuple[str, str], ...]
+_VARS = "ijklmn"
+
+
+def member_subs(loop: Loop, subs: Subs) -> Subs:
+    """Inside a for / select body, the representative member reads as an index variable: `model.layers[i]`."""
+    if loop.kind not in ("for", "select"):
+        return subs
+    var = _VARS[sum(1 for _, new in subs if new.endswith("]")) % len(_VARS)]
+    return subs + ((substitute(loop.address, subs), f"{substitute(loop.container, subs)}[{var}]"),)
+
+
+def short(loop: Loop, subs: Subs = ()) -> str:
+    """The loop's own line without lanes: `model.sam_model parfor 2`, `model.layers[1..11] for 11`."""
+    address = name(substitute(loop.address, subs), loop.class_name)
+    if loop.kind == "call":
+        return address
+    if loop.kind == "parfor":
+        return f"{address} parfor {loop.bound}"
+    container = substitute(loop.container or "", subs)
+    if loop.kind == "for":
+        return f"{container}[{_ranges(loop.members)}] for {loop.bound}"
+    of = f" of {loop.total}" if loop.total is not None else ""
+    ks = [len(p) for p in loop.picks]
+    k = str(ks[0]) if len(set(ks)) == 1 else f"{min(ks)}..{max(ks)}"
+    return f"{container}[*] select {k}{of}"
+
+
+def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
     axis = f" axis={loop.axis}" if loop.axis else ""
     stage = f"  {{{loop.stage}}}" if loop.stage else ""
-    if depth == 0 and loop.lanes and all(lane.get("before_first_forward") for lane in loop.lanes):
+    if top and loop.lanes and all(lane.get("before_first_forward") for lane in loop.lanes):
         stage += "  (step 0, before the first forward)"
-    if loop.kind == "call":
-        return f"{name(loop.address, loop.class_name)}{stage}"
+    line = short(loop, subs)
     if loop.kind == "parfor":
         lanes = loop.lanes[: loop.bound]
         shown = " | ".join(fmt_lane(l) for l in lanes[:4]) + (" | ..." if len(lanes) > 4 else "")
-        return f"{name(loop.address, loop.class_name)} parfor {loop.bound}{axis} [{shown}]{stage}"
+        return f"{line}{axis} [{shown}]{stage}"
     if loop.kind == "for":
         vary = varying(loop)
-        return (f"{loop.container}[{_ranges(loop.members)}] for {loop.bound}{axis} ({loop.class_name})"
-                f"{' ' + vary if vary else ''}{stage}")
-    ks = [len(p) for p in loop.picks]
-    of = f" of {loop.total}" if loop.total is not None else ""
-    return (f"{loop.container}[*] select k{of}{axis} (k min {min(ks)} / max {max(ks)} over {len(ks)} calls; "
-            f"ids ever picked [{_ranges(loop.members)}]){stage}")
+        return f"{line}{axis} ({loop.class_name}){' ' + vary if vary else ''}{stage}"
+    if loop.kind == "select":
+        return (f"{line}{axis} ({len(loop.picks)} calls; ids ever picked [{_ranges(loop.members)}]){stage}")
+    return f"{line}{stage}"
 
 
-def loop_lines(loops: list[Loop], depth: int = 0) -> list[str]:
+def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
     lines = []
     for loop in loops:
-        lines.append("  " * depth + headline(loop, depth))
+        lines.append("  " * depth + headline(loop, subs, top=depth == 0))
         many = len(loop.variants) > 1
+        inner = member_subs(loop, subs)
         for v in loop.variants:
             if many:
                 lines.append("  " * (depth + 1) + f"iterations [{_ranges(v.iterations)}]:")
-            lines.extend(loop_lines(v.body, depth + 1 + many))
+            lines.extend(loop_lines(v.body, depth + 1 + many, inner))
     return lines
+
+
+def stage_nest(loop: Loop, subs: Subs = ()) -> str:
+    """One stage's loop nest on one line: a loop and, in braces, the loops of the same stage inside it."""
+    inner = member_subs(loop, subs)
+    kids = [stage_nest(c, inner) for v in loop.variants[:1] for c in same_stage(v.body, loop.stage)]
+    return short(loop, subs) + (" { " + "; ".join(kids) + " }" if kids else "")
+
+
+def same_stage(loops: list[Loop], stage: str | None) -> list[Loop]:
+    """The top-most loops of `stage` among `loops` and their descendants."""
+    out = []
+    for loop in loops:
+        if loop.stage == stage:
+            out.append(loop)
+        else:
+            for v in loop.variants[:1]:
+                out.extend(same_stage(v.body, stage))
+    return out
+
+
+def stage_lines(report: Report) -> list[str]:
+    lines = []
+    for group in report.stage_view:
+        lines.append(f"{_steps(group['steps'])} ({group['phase']}):")
+        lines += [f"  {s}: {nest or 'empty'}" for s, nest in group["stages"].items()]
+    return lines
+
+
+def _steps(steps: list[int]) -> str:
+    return ("step " if len(steps) == 1 else "steps ") + _ranges(steps)
 
 
 def step_lines(report: Report) -> list[str]:
@@ -93,6 +150,8 @@ def to_text(report: Report) -> str:
     head = [f"loopmeta report: {report.model_class}"
             + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}"]
     parts = head + [""] + loop_lines(report.loops)
+    if report.stage_view:
+        parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
     if report.steps:
         parts += ["", "steps:"] + ["  " + s for s in step_lines(report)]
     if report.moe:
@@ -108,6 +167,11 @@ def to_markdown(report: Report) -> str:
              f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",
              f"- nodes: {len(report.counts)}, calls: {sum(report.counts.values())}", "", "## Loop nest", "", "```"]
     lines += loop_lines(report.loops) + ["```"]
+    if report.stage_view:
+        lines += ["", "## Stages per step", "", "| steps | phase | stage | loop nest |", "|---|---|---|---|"]
+        lines += [f"| {_ranges(g['steps'])} | {g['phase']} | {s} | `{nest}` |" if nest else
+                  f"| {_ranges(g['steps'])} | {g['phase']} | {s} | empty |"
+                  for g in report.stage_view for s, nest in g["stages"].items()]
     if report.steps:
         lines += ["", "## Steps", "", "| step | phase | lane |", "|---|---|---|"]
         lines += [f"| {s['step']} | {s['phase']} | {fmt_lane(s)} |" for s in report.steps]

@@ -31,7 +31,7 @@ class Report:
     loops: list[Loop]
     counts: dict[str, int]  # observed calls per node, the ground truth for check_exact
     steps: list[dict[str, Any]] = field(default_factory=list)
-    stages: list[str] = field(default_factory=list)
+    stage_view: list[dict[str, Any]] = field(default_factory=list)  # per group of steps: stage -> loop nest
     moe: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)

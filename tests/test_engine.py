@@ -179,3 +179,16 @@ def test_config_loads_with_extractors():
     config = load_config("deepseek_ocr_v1")
     assert config.step_target.role == "step"
     assert all(config.extractor(t.on_enter) or t.on_enter is None for t in config.targets)
+
+
+def test_tensor_op_detector_sees_an_op_in_a_wrapper(v1_model, inputs, tmp_path):
+    """The no-tensor-op test above can fail: a user config whose extractor runs `.sum()` is caught."""
+    (tmp_path / "bad.py").write_text("def bad(call):\n    call.args[0].sum()\n    return {}\n")
+    (tmp_path / "bad.toml").write_text('name = "bad"\nroot_classes = ["DeepseekOCRForCausalLM"]\nadapter = "bad"\n'
+                                       '[[targets]]\nrole = "lm_head"\npattern = "lm_head"\non_enter = "bad"\n')
+    with TensorOps() as plain:
+        v1_model.generate(**inputs, max_new_tokens=2)
+    with instrument(v1_model, tmp_path / "bad.toml") as rec, TensorOps() as traced:
+        v1_model.generate(**inputs, max_new_tokens=2)
+    assert [e.address for e in rec.events] == ["lm_head", "lm_head"]
+    assert len(traced.ops) == len(plain.ops) + 2

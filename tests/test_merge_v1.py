@@ -16,6 +16,7 @@ from loopmeta.merge import calltree
 from loopmeta.merge.align import AlignmentError
 from loopmeta.merge.loops import expand, walk
 from loopmeta.merge.merger import MergeError, session_report, static_children
+from loopmeta.merge.render import to_text
 from loopmeta.merge.report import ExactnessError, check_exact, read_report, write_report
 from loopmeta.merge.session import Probe, probe_section, trace_session
 from loopmeta.patches import load_config
@@ -198,3 +199,43 @@ def test_json_lanes_carry_no_session_ids(traced):
     text = json.dumps(report.to_dict())
     assert "session" not in text
     assert torch.__version__ not in text
+
+
+def test_stage_view_reports_empty_stages(traced):
+    report, _ = traced
+    prefill, decode = report.stage_view
+    assert (prefill["steps"], prefill["phase"], decode["steps"], decode["phase"]) == (
+        [0], "prefill", list(range(1, NEW)), "decode")
+    assert prefill["stages"]["vision.sam"] == "model.sam_model parfor 2 { model.sam_model.blocks[0..3] for 4 }"
+    assert prefill["stages"]["vision.clip"].startswith("model.vision_model parfor 2 { model.vision_model.transformer")
+    assert [decode["stages"][s] for s in ("vision.sam", "vision.clip", "projector")] == ["", "", ""]
+    assert decode["stages"]["lm_head"] == "lm_head"
+    assert "vision.sam: empty" in to_text(report)
+
+
+def test_worked_example_at_real_depth():
+    """The semantics worked example (Gundam, 1400x900: grid 3x2) on a real-depth stub, events only."""
+    from stubs.deepseek_ocr_v1 import StubConfig, load_stub_model
+
+    cfg = StubConfig.real_depth()
+    model = load_stub_model(cfg)
+    inputs = gen_inputs(model, (1400, 900))
+    new = 3
+    report, _ = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=new), config="deepseek_ocr_v1",
+                              check_versions=False)
+    (blocks,) = find(report.loops, container="model.sam_model.blocks")
+    assert (blocks.bound, [l["attention"] for l in blocks.lanes[:12]].count("global")) == (12, 4)
+    assert [i for i, l in zip(blocks.members, blocks.lanes) if l["attention"] == "global"] == [2, 5, 8, 11]
+    (clip,) = find(report.loops, container="model.vision_model.transformer.layers")
+    assert clip.bound == 24
+    assert [l.members for l in find(report.loops, container="model.layers", kind="for")] == [list(range(1, 12))] * 2
+    (sam,) = find(report.loops, address="model.sam_model")
+    assert [(l["view"], l["batch"], l.get("grid")) for l in sam.lanes] == [("local", 6, "3x2"), ("global", 1, None)]
+    decode_select = find(report.loops, kind="select")[1]
+    assert decode_select.total == 64 and {len(p) for p in decode_select.picks} == {6}
+    counts = expand(report.loops)
+    assert (counts["model.sam_model"], counts["model.sam_model.blocks.5"],
+            counts["model.vision_model.transformer.layers.9"], counts["model.layers.7"], counts["lm_head"]) == (
+        2, 2, 2, new, new)
+    hits = sum(1 for r in report.moe["rows"] if r["address"] == "model.layers.3.mlp" and 17 in r["experts"])
+    assert counts["model.layers.3.mlp.experts.17"] == hits

@@ -8,10 +8,11 @@ events (JSONL), the report (JSON, text, Markdown); the compact loop nest is prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 V1_MODES = {  # DeepSeek-OCR v1 infer() settings per mode (shared/reference/deepseek-ocr-v1.md)
     "tiny": dict(base_size=512, image_size=512, crop_mode=False),
@@ -32,6 +33,21 @@ class Session:
     run: Callable[[], Any]
     label: str
     config: str = "auto"
+    cuda_noop: bool = False
+
+
+@contextlib.contextmanager
+def tensor_cuda_noop(active: bool) -> Iterator[None]:
+    """Make `Tensor.cuda()` return the tensor itself while active (v1 remote code on a CPU), then restore it."""
+    import torch
+
+    original = torch.Tensor.cuda
+    if active:
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,6 +126,11 @@ def hub_session(args: argparse.Namespace) -> Session:
             return model.infer(tokenizer, prompt=args.prompt, image_file=str(args.image), output_path=str(args.out),
                                save_results=False, eval_mode=True, **mode)
 
+        if torch.device(args.device).type == "cpu":
+            # v1's infer() and forward call .cuda(); on CPU users no-op it (reference facts). Only for this run.
+            return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode}, .cuda() as a no-op)",
+                           args.config, cuda_noop=True)
+
         return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode})", args.config)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -143,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         events = args.out / "events.jsonl"
         with console.status("running the instrumented session" + ("" if args.no_torchlens else
-                                                                   ", then the TorchLens probe (prefill + 1 step)")):
+                                                                   ", then the TorchLens probe (prefill + 1 step)")), \
+                tensor_cuda_noop(session.cuda_noop):
             report, _ = trace_session(session.model, session.run, config=session.config, events=events,
                                       probe=None if args.no_torchlens else "auto",
                                       options={"expert_ledger": not args.no_expert_ledger})

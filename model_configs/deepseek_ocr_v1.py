@@ -52,7 +52,7 @@ def view_lane(call: Any) -> dict[str, Any]:
     x = call.args[0]
     if not views:
         raise ValueError(f"no view plan on the parent call for {call.address}")
-    k = call.same_role_before()
+    k = call.calls_before_in_parent()
     if k >= len(views):
         raise ValueError(f"{call.address} call {k + 1} in one model call, but only {len(views)} views planned")
     lane = dict(views[k])

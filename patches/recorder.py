@@ -83,7 +83,7 @@ class Call:
             return self.args[names.index(name)]
         return default
 
-    def same_role_before(self) -> int:
+    def calls_before_in_parent(self) -> int:
         """How many calls of this address the parent call made before this one (0 for the first)."""
         if self.parent is None:
             return 0

@@ -6,6 +6,11 @@ written when the call returns (or raises), flushed at once so a crash keeps ever
 Invariants: `call_index` is 1-based per address over the whole session (TorchLens's `address:k` numbering);
 `seq` is the 0-based order in which calls *started*; `parent` is the innermost instrumented call that was running
 when this call started; the root module's address is "".
+
+Lane keys set by the engine: `before_first_forward` (the call ran before the session's first step, e.g. image
+features computed by `generate()`; it counts in step 0) and `extract_error` (an extractor failed; the merger
+refuses such a stream). Keys the merger reads from adapters: `phase` on step calls, and on MoE calls
+`experts_hit`, `tokens_per_expert`, `experts_total`.
 """
 
 from __future__ import annotations

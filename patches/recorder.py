@@ -137,7 +137,9 @@ class Recorder:
         if target.step:
             phase = call.lane.get("phase")
             if phase not in ("prefill", "decode"):
-                self.extract_errors.append(f"{address}:{call.index}: step extractor gave phase {phase!r}")
+                message = f"{address}:{call.index}: the step extractor gave phase {phase!r}"
+                call.lane.setdefault("extract_error", message)
+                self.extract_errors.append(message)
                 phase = "prefill" if step == 0 else "decode"
             self._phase = call.phase = phase
         return call, self._stack.set(call)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from ..patches.config import ModelConfig
 from ..patches.events import CallEvent
 from . import calltree
-from .loops import Hints, Loop, LoopBuilder
+from .loops import Hints, Loop, LoopBuilder, walk
 from .report import Report, check_exact
 
 
@@ -36,13 +36,38 @@ def hints_for(config: ModelConfig | None, children: dict[str, tuple[str, ...]] |
                  axes={t.role: t.axis for t in config.targets if t.axis}, static_children=children or {})
 
 
-def structural_report(tree: Any, model_class: str | None = None) -> Report:
-    """Config-free mode: the exact loop nest of any model from its TorchLens call tree alone."""
+def _scalars(module: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items()
+            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))}
+
+
+def annotate_members(loops: list[Loop], model: Any) -> None:
+    """Config-free lanes for `for` stacks: the constructor parameters (scalar attributes) in which members differ,
+    e.g. SAM blocks with `window_size` 14 or 0. Attributes with a distinct value per member (indices) are left out."""
+    for loop in walk(loops):
+        if loop.kind != "for":
+            continue
+        try:
+            attrs = [_scalars(model.get_submodule(f"{loop.container}.{m}")) for m in loop.members]
+        except AttributeError:
+            continue
+        keys = [k for k in attrs[0] if all(k in a for a in attrs)
+                and 1 < len({repr(a[k]) for a in attrs}) < len(attrs)]
+        if keys:
+            per_member = [{k: a[k] for k in keys} for a in attrs]
+            loop.lanes = [{**lane, **per_member[i % loop.bound]} for i, lane in enumerate(loop.lanes)]
+
+
+def structural_report(tree: Any, model: Any = None) -> Report:
+    """Config-free mode: the exact loop nest of any model from its TorchLens call tree alone (with `model`, stack
+    members that differ in constructor parameters are annotated)."""
     roots = calltree.from_trace(tree)
     loops = LoopBuilder(Hints(static_children=dict(tree.static_children))).build(roots)
     counts = calltree.counts(roots)
     check_exact(loops, counts, "structural report")
-    return Report(model_class=model_class or tree.class_names.get("", "?"), config=None, source="torchlens",
+    if model is not None:
+        annotate_members(loops, model)
+    return Report(model_class=tree.class_names.get("", "?"), config=None, source="torchlens",
                   loops=loops, counts=counts)
 
 
@@ -55,6 +80,7 @@ def moe_table(events: Iterable[CallEvent]) -> dict[str, Any] | None:
     if not rows:
         return None
     ks = [r["k"] for r in rows]
+    impls = sorted({str(e.lane["experts_implementation"]) for e in events if "experts_implementation" in e.lane})
     load: dict[tuple[str, int], int] = defaultdict(int)
     for r in rows:
         for expert, tokens in zip(r["experts"], r["tokens"]):
@@ -62,7 +88,8 @@ def moe_table(events: Iterable[CallEvent]) -> dict[str, Any] | None:
     per_expert = list(load.values())
     imbalance = round(max(per_expert) / (sum(per_expert) / len(per_expert)), 3) if per_expert else None
     return {"rows": rows, "summary": {"calls": len(rows), "k_min": min(ks), "k_max": max(ks),
-                                      "k_mean": round(sum(ks) / len(ks), 3), "imbalance": imbalance}}
+                                      "k_mean": round(sum(ks) / len(ks), 3), "imbalance": imbalance,
+                                      "experts_implementation": impls}}
 
 
 def _check_steps(loops: list, step_role: str | None) -> None:

@@ -88,7 +88,7 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
     section: dict[str, Any] = {}
     if events is not None:
         section.update(align(events, tree, instrumented or []))
-    structural = structural_report(tree, type(model).__name__)
+    structural = structural_report(tree, model)
     section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree)})
     return section
 

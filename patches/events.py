@@ -10,7 +10,7 @@ when this call started; the root module's address is "".
 Lane keys set by the engine: `before_first_forward` (the call ran before the session's first step, e.g. image
 features computed by `generate()`; it counts in step 0) and `extract_error` (an extractor failed; the merger
 refuses such a stream). Keys the merger reads from adapters: `phase` on step calls, and on MoE calls
-`experts_hit`, `tokens_per_expert`, `experts_total`.
+`experts_hit`, `tokens_per_expert`, `experts_total`, `experts_implementation`.
 """
 
 from __future__ import annotations

@@ -101,6 +101,10 @@ def test_expansion_equals_independent_hook_counts(traced, v1_model):
     assert probe.pop("<generate>") == 1  # the traced method is the root of the probe
     assert probe == +probe_hooks
     assert report.probe["traced_steps"] == 2 and report.probe["events_aligned"] > 0
+    # config-free, the SAM stack's members still show the constructor parameter they differ in
+    (blocks,) = find(report.probe["loops"], container="model.sam_model.blocks")
+    windows = [l["window_size"] for l in blocks.lanes[: blocks.bound]]
+    assert windows == [0 if i in v1_model.config.sam_global_attn_indexes else 14 for i in blocks.members]
 
 
 def test_seed_fields_match_hooks(traced, v1_model):

@@ -36,11 +36,12 @@ def first_tensor(call: Any, *names: str) -> Any:
 
 
 def step_lane(call: Any) -> dict[str, Any]:
-    """Lane of a causal-LM top-level forward: phase, tokens in, past and total KV length."""
+    """Lane of a causal-LM top-level forward: phase, tokens in, past and total KV length (attends to kv_len)."""
     x = first_tensor(call, "input_ids", "inputs_embeds")
     past = past_length(first_tensor(call, "cache", "past_key_values"))
     seq = int(x.shape[1])
-    return {"phase": "prefill" if past == 0 else "decode", "batch": int(x.shape[0]), "seq_len": seq,
+    # one new token on top of a cache is a decode step; a chunked prefill feeds several tokens on top of one
+    return {"phase": "decode" if seq == 1 and past > 0 else "prefill", "batch": int(x.shape[0]), "seq_len": seq,
             "past_len": past, "kv_len": past + seq}
 
 

@@ -175,10 +175,20 @@ def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, m
         read_events(path)
 
 
-def test_config_loads_with_extractors():
-    config = load_config("deepseek_ocr_v1")
-    assert config.step_target.role == "step"
-    assert all(config.extractor(t.on_enter) or t.on_enter is None for t in config.targets)
+def test_config_errors_surface_at_load_time(tmp_path):
+    (tmp_path / "adapter.py").write_text("def ok(call):\n    return {}\n")
+    path = tmp_path / "m.toml"
+    path.write_text('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\n'
+                    'on_enter = "missing"\n')
+    with pytest.raises(ConfigError, match="extractor 'missing' is not a function of adapter 'adapter'"):
+        load_config(path)
+    path.write_text('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstage = "b"\n')
+    with pytest.raises(ConfigError, match="names stage 'b', not in stages"):
+        load_config(path)
+    path.write_text('[[targets]]\nrole = "x"\npatern = "lm_head"\n')
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(path)
+    assert load_config("deepseek_ocr_v1").step_target.role == "step"
 
 
 def test_tensor_op_detector_sees_an_op_in_a_wrapper(v1_model, inputs, tmp_path):

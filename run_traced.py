@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-torchlens", action="store_true", help="events only: skip the TorchLens probe")
     p.add_argument("--no-expert-ledger", action="store_true",
                    help="DeepSeek-OCR 2: do not read the router's top-k ids (no MoE selection in the report)")
+    p.add_argument("--from-events", type=Path, metavar="EVENTS_JSONL",
+                   help="no model run: rebuild the report from a saved event stream (its config, or --config)")
     p.add_argument("--out", type=Path, default=Path("loopmeta-out"), help="output folder (default loopmeta-out)")
     return p.parse_args(argv)
 
@@ -145,6 +147,18 @@ def hub_session(args: argparse.Namespace) -> Session:
                    args.model, args.config)
 
 
+def report_from_events(path: Path, config: str) -> Any:
+    """The session report of a saved event stream, without the model (no TorchLens probe, no container sizes)."""
+    from loopmeta.merge import session_report
+    from loopmeta.patches import load_config, read_events
+
+    if not path.is_file():
+        raise UserError(f"event file {path} not found")
+    header, events = read_events(path)
+    chosen = load_config(header.config if config == "auto" else config)
+    return session_report(events, chosen, model_class=header.model_class)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
@@ -156,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         from loopmeta.merge.render import to_text
         from loopmeta.merge.report import ExactnessError, write_report
         from loopmeta.merge.session import trace_session
-        from loopmeta.patches import ConfigError, InstrumentationError
+        from loopmeta.patches import ConfigError, EventFileError, InstrumentationError
 
+        if args.from_events is not None:
+            report = report_from_events(args.from_events, args.config)
+            paths = write_report(report, args.out)
+            print(to_text(report))
+            console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+            return 0
         with console.status("building the model and inputs"):
             session = builtin_session(args) if args.model is None else hub_session(args)
         console.print(f"model: {session.label}")
@@ -170,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                                       probe=None if args.no_torchlens else "auto",
                                       options={"expert_ledger": not args.no_expert_ledger})
         paths = write_report(report, args.out)
-    except (UserError, ConfigError, InstrumentationError, MergeError, CaptureError, ExactnessError) as exc:
+    except (UserError, ConfigError, InstrumentationError, MergeError, CaptureError, ExactnessError,
+            EventFileError) as exc:
         console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         return 2
     print(to_text(report))

@@ -243,3 +243,16 @@ def test_worked_example_at_real_depth():
         2, 2, 2, new, new)
     hits = sum(1 for r in report.moe["rows"] if r["address"] == "model.layers.3.mlp" and 17 in r["experts"])
     assert counts["model.layers.3.mlp.experts.17"] == hits
+
+
+def test_report_rebuilt_from_a_saved_event_file(v1_sessions, v1_model, tmp_path):
+    """Nothing is lost: the JSONL stream alone rebuilds the same loop nest (run_traced --from-events)."""
+    from loopmeta import run_traced
+
+    s = v1_sessions["gundam_2x3"]
+    live = session_report(s["recorder"].events, load_config("deepseek_ocr_v1"), model_class="DeepseekOCRForCausalLM")
+    assert run_traced.main(["--from-events", str(s["path"]), "--out", str(tmp_path)]) == 0
+    rebuilt = read_report(tmp_path / "report.json")
+    assert expand(rebuilt.loops) == expand(live.loops)
+    assert rebuilt.moe == json.loads(json.dumps(live.moe))
+    assert run_traced.main(["--from-events", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2

@@ -107,8 +107,8 @@ def _check_steps(loops: list, step_role: str | None) -> None:
 
 
 def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) -> list[dict[str, Any]]:
-    """Each group of steps that share one call structure, with every stage's loop nest (empty ones kept)."""
-    from .render import stage_nest, same_stage
+    """Groups of steps with one phase and one call structure, with every stage's loop nest ("" = empty)."""
+    from .render import stage_line
 
     step_loops = [l for l in loops if l.role == step_role]
     if not stages or len(step_loops) != 1:
@@ -117,11 +117,13 @@ def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) 
     early = [l for l in loops if l is not steps]  # ran before the first forward: step 0
     groups = []
     for v in steps.variants:
-        phases = sorted({steps.lanes[i].get("phase", "?") for i in v.iterations})
-        body = v.body + (early if 0 in v.iterations else [])
-        groups.append({"steps": list(v.iterations), "phase": "+".join(phases),
-                       "stages": {s: "; ".join(stage_nest(l) for l in same_stage(body, s)) for s in stages}})
-    return groups
+        by_phase: dict[tuple[str, bool], list[int]] = {}
+        for i in v.iterations:
+            by_phase.setdefault((steps.lanes[i].get("phase", "?"), i == 0 and bool(early)), []).append(i)
+        for (phase, with_early), its in by_phase.items():
+            body = v.body + (early if with_early else [])
+            groups.append({"steps": its, "phase": phase, "stages": {s: stage_line(body, s) for s in stages}})
+    return sorted(groups, key=lambda g: g["steps"][0])
 
 
 def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,

@@ -114,19 +114,28 @@ def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
 def stage_nest(loop: Loop, subs: Subs = ()) -> str:
     """One stage's loop nest on one line: a loop and, in braces, the loops of the same stage inside it."""
     inner = member_subs(loop, subs)
-    kids = [stage_nest(c, inner) for v in loop.variants[:1] for c in same_stage(v.body, loop.stage)]
+    kids = [stage_line(v.body, loop.stage, inner) for v in loop.variants]
+    kids = [k for k in kids if k]
     return short(loop, subs) + (" { " + "; ".join(kids) + " }" if kids else "")
 
 
-def same_stage(loops: list[Loop], stage: str | None) -> list[Loop]:
-    """The top-most loops of `stage` among `loops` and their descendants."""
+def stage_line(loops: list[Loop], stage: str | None, subs: Subs = ()) -> str:
+    """The loop nests of `stage` found in `loops`, each after the loops of other stages that repeat it
+    (`model.vision_tower parfor 2 > model.vision_tower.vision_encoder { ... }`); "" when the stage is empty."""
+    return "; ".join(" > ".join([short(a, s) for a, s in chain] + [stage_nest(loop, sub)])
+                     for chain, sub, loop in same_stage(loops, stage, (), subs))
+
+
+def same_stage(loops: list[Loop], stage: str | None, chain: tuple, subs: Subs) -> list[tuple[tuple, Subs, Loop]]:
+    """The top-most loops of `stage` among `loops` and their descendants, with the enclosing repeats."""
     out = []
     for loop in loops:
         if loop.stage == stage:
-            out.append(loop)
-        else:
-            for v in loop.variants[:1]:
-                out.extend(same_stage(v.body, stage))
+            out.append((chain, subs, loop))
+            continue
+        outer = chain + ((loop, subs),) if loop.kind != "call" else chain
+        for v in loop.variants:
+            out.extend(same_stage(v.body, stage, outer, member_subs(loop, subs)))
     return out
 
 

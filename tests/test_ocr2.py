@@ -78,6 +78,11 @@ def test_loop_bounds_from_processor_and_config(tiny, image, tmp_path):
     assert counts["model.vision_tower"] == len(expected_lanes)
     assert report.probe["traced_steps"] == 2
     write_report(report, tmp_path)  # exactness is checked before anything is written
+    # vision ran before the first forward: it is in step 0 only, and the repeat over views stays visible
+    assert [(g["steps"], g["phase"]) for g in report.stage_view] == [([0], "prefill"), (list(range(1, NEW)), "decode")]
+    repeat = f"model.vision_tower parfor {len(expected_lanes)} > " if crops else ""
+    assert report.stage_view[0]["stages"]["vision.encoder"].startswith(repeat + "model.vision_tower.vision_encoder {")
+    assert {report.stage_view[1]["stages"][s] for s in ("vision.sam", "vision.encoder", "projector")} == {""}
     # MoE ledger == the routers' own top-k ids, per (layer, step), in order
     ledger = [(r["address"] + ".gate", r["experts"]) for r in report.moe["rows"]]
     assert ledger == router_ids(model, run)

@@ -122,7 +122,8 @@ def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) 
             by_phase.setdefault((steps.lanes[i].get("phase", "?"), i == 0 and bool(early)), []).append(i)
         for (phase, with_early), its in by_phase.items():
             body = v.body + (early if with_early else [])
-            groups.append({"steps": its, "phase": phase, "stages": {s: stage_line(body, s) for s in stages}})
+            groups.append({"steps": its, "phase": phase,
+                           "stages": {s: stage_line(body, s, (), frozenset(its)) for s in stages}})
     return sorted(groups, key=lambda g: g["steps"][0])
 
 

@@ -64,9 +64,16 @@ def member_subs(loop: Loop, subs: Subs) -> Subs:
     return subs + ((substitute(loop.address, subs), f"{substitute(loop.container, subs)}[{var}]"),)
 
 
-def short(loop: Loop, subs: Subs = ()) -> str:
-    """The loop's own line without lanes: `model.sam_model parfor 2`, `model.layers[1..11] for 11`."""
+def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> str:
+    """The loop's own line without lanes: `model.sam_model parfor 2`, `model.layers[1..11] for 11`; `steps`
+    restricts the data-dependent counts (experts selected) to those steps."""
     address = name(substitute(loop.address, subs), loop.class_name)
+    hits = [len(lane["experts_hit"]) for lane in loop.lanes
+            if "experts_hit" in lane and (steps is None or lane.get("step") in steps)]
+    if hits and loop.kind == "call":  # a MoE call whose experts are not modules (the ledger lives in its lanes)
+        k = str(hits[0]) if len(set(hits)) == 1 else f"{min(hits)}..{max(hits)}"
+        total = loop.lanes[0].get("experts_total")
+        return f"{address} (experts: select {k}" + (f" of {total})" if total is not None else ")")
     if loop.kind == "call":
         return address
     if loop.kind == "parfor":
@@ -75,9 +82,19 @@ def short(loop: Loop, subs: Subs = ()) -> str:
     if loop.kind == "for":
         return f"{container}[{_ranges(loop.members)}] for {loop.bound}"
     of = f" of {loop.total}" if loop.total is not None else ""
-    ks = [len(p) for p in loop.picks]
+    ks = [len(p) for p, lane in zip(loop.picks, _pick_lanes(loop))
+          if steps is None or lane.get("step") in steps] or [len(p) for p in loop.picks]
     k = str(ks[0]) if len(set(ks)) == 1 else f"{min(ks)}..{max(ks)}"
     return f"{container}[*] select {k}{of}"
+
+
+def _pick_lanes(loop: Loop) -> list[dict[str, Any]]:
+    """The first member's lane of each select instance (the picks' lanes are concatenated in order)."""
+    out, i = [], 0
+    for pick in loop.picks:
+        out.append(loop.lanes[i] if i < len(loop.lanes) else {})
+        i += len(pick)
+    return out
 
 
 def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
@@ -111,18 +128,18 @@ def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
     return lines
 
 
-def stage_nest(loop: Loop, subs: Subs = ()) -> str:
+def stage_nest(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> str:
     """One stage's loop nest on one line: a loop and, in braces, the loops of the same stage inside it."""
     inner = member_subs(loop, subs)
-    kids = [stage_line(v.body, loop.stage, inner) for v in loop.variants]
+    kids = [stage_line(v.body, loop.stage, inner, steps) for v in loop.variants]
     kids = [k for k in kids if k]
-    return short(loop, subs) + (" { " + "; ".join(kids) + " }" if kids else "")
+    return short(loop, subs, steps) + (" { " + "; ".join(kids) + " }" if kids else "")
 
 
-def stage_line(loops: list[Loop], stage: str | None, subs: Subs = ()) -> str:
+def stage_line(loops: list[Loop], stage: str | None, subs: Subs = (), steps: frozenset[int] | None = None) -> str:
     """The loop nests of `stage` found in `loops`, each after the loops of other stages that repeat it
     (`model.vision_tower parfor 2 > model.vision_tower.vision_encoder { ... }`); "" when the stage is empty."""
-    return "; ".join(" > ".join([short(a, s) for a, s in chain] + [stage_nest(loop, sub)])
+    return "; ".join(" > ".join([short(a, s, steps) for a, s in chain] + [stage_nest(loop, sub, steps)])
                      for chain, sub, loop in same_stage(loops, stage, (), subs))
 
 

@@ -53,6 +53,8 @@ def tensor_cuda_noop(active: bool) -> Iterator[None]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loopmeta", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="hub id or local path (default: built-in tiny DeepSeek-OCR 2, offline)")
+    p.add_argument("--builtin", choices=["tiny", "quarter"], default="tiny",
+                   help="size of the built-in random-weight model: tiny, or quarter width at the real depths")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1)")
     p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
@@ -95,11 +97,11 @@ def builtin_session(args: argparse.Namespace) -> Session:
 
         raise UserError(f"the built-in model needs transformers 5.x with deepseek_ocr2; installed "
                         f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
-    model = tiny.build_model("tiny", dtype=getattr(torch, args.dtype),
+    model = tiny.build_model(args.builtin, dtype=getattr(torch, args.dtype),
                              experts_implementation=args.experts_implementation).to(args.device)
     inputs = tiny.prepare_inputs(tiny.build_processor(), _image(args), args.prompt).to(args.device)
     return Session(model, lambda: model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False),
-                   "built-in tiny random-weight DeepSeek-OCR 2", args.config)
+                   f"built-in {args.builtin} random-weight DeepSeek-OCR 2", args.config)
 
 
 def hub_session(args: argparse.Namespace) -> Session:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .calltree import Node
 
@@ -222,8 +222,3 @@ def walk(loops: Iterable[Loop]) -> Iterable[Loop]:
         yield loop
         for v in loop.variants:
             yield from walk(v.body)
-
-
-def map_lanes(loops: Iterable[Loop], fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    for loop in walk(loops):
-        loop.lanes = [fn(lane) for lane in loop.lanes]

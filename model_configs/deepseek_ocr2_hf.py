@@ -36,9 +36,9 @@ GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in
 def projector_view(call: Any) -> dict[str, Any]:
     """The projector runs right after each vision-tower call; its token count names the view."""
     x = call.args[0]
-    tokens = int(x.shape[1])
-    view = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}.get(tokens, f"unknown {tokens}")
-    return {"view": view, "batch": int(x.shape[0]), "tokens": tokens}
+    n = int(x.shape[1])
+    view = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}.get(n, f"unknown {n}")
+    return {"view": view, "batch": int(x.shape[0]), "tokens": n}
 
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:

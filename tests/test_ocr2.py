@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import needs_transformers5
 from loopmeta.merge.loops import expand, walk

@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2 (model default when omitted)")
     p.add_argument("--experts-implementation", help="DeepSeek-OCR 2 MoE experts: grouped_mm or eager")
     p.add_argument("--config", default="auto", help="force a model config: built-in name or .toml path")
+    p.add_argument("--ignore-version-pins", action="store_true",
+                   help="instrument even when the installed transformers is outside the config's pins")
     p.add_argument("--no-torchlens", action="store_true", help="events only: skip the TorchLens probe")
     p.add_argument("--no-expert-ledger", action="store_true",
                    help="DeepSeek-OCR 2: do not read the router's top-k ids (no MoE selection in the report)")
@@ -139,11 +141,17 @@ def hub_session(args: argparse.Namespace) -> Session:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **extra, **common)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **extra, **common)
+        processor = AutoProcessor.from_pretrained(args.model, **common)
+    except (OSError, ValueError, ImportError) as exc:
+        raise UserError(f"cannot load {args.model!r} ({', '.join(archs) or 'unknown architecture'}) as an image-text "
+                        f"model with a processor: {exc}\nrun_traced.py drives DeepSeek-OCR v1 (remote code) and "
+                        "DeepSeek-OCR 2; for other models use the Python API (trace_session with a config, or the "
+                        "config-free structural_report).") from None
     model = model.eval().to(args.device)
     if args.experts_implementation:
         model.set_experts_implementation(args.experts_implementation)
-    processor = AutoProcessor.from_pretrained(args.model, **common)
     inputs = processor(images=_image(args), text=args.prompt, return_tensors="pt").to(args.device)
     return Session(model, lambda: model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False),
                    args.model, args.config)
@@ -181,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             console.print("wrote " + ", ".join(str(p) for p in paths.values()))
             return 0
         with console.status("building the model and inputs"):
-            session = builtin_session(args) if args.model is None else hub_session(args)
+            try:
+                session = builtin_session(args) if args.model is None else hub_session(args)
+            except (OSError, ValueError, ImportError) as exc:
+                raise UserError(f"cannot load {args.model or 'the built-in model'}: {exc}") from None
         console.print(f"model: {session.label}")
         args.out.mkdir(parents=True, exist_ok=True)
         events = args.out / "events.jsonl"
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 tensor_cuda_noop(session.cuda_noop):
             report, _ = trace_session(session.model, session.run, config=session.config, events=events,
                                       probe=None if args.no_torchlens else "auto",
+                                      check_versions=not args.ignore_version_pins,
                                       options={"expert_ledger": not args.no_expert_ledger})
         paths = write_report(report, args.out)
     except (UserError, ConfigError, InstrumentationError, MergeError, CaptureError, ExactnessError,

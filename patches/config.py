@@ -160,4 +160,5 @@ def detect_config(model: Any) -> ModelConfig:
             return config
     raise ConfigError(f"no built-in model config for a model of class {cls!r}; built-in configs cover "
                       + "; ".join(f"{n}: {', '.join(load_config(n).root_classes)}" for n in builtin_configs())
-                      + ". Pass config=<name or .toml path>.")
+                      + ". Pass config=<name or .toml path> (run_traced.py --config), write a config for it "
+                      "(model_configs/README.md), or use the config-free structural report.")

@@ -75,7 +75,8 @@ def check_pins(config: ModelConfig) -> None:
             raise ConfigError(f"config {config.name!r} needs {package}{spec}, which is not installed") from None
         if not SpecifierSet(spec, prereleases=True).contains(installed):
             raise ConfigError(f"config {config.name!r} is pinned to {package}{spec}; installed {package} is "
-                              f"{installed}. Install a matching version, or pass check_pins=False at your own risk.")
+                              f"{installed}. Install a matching version, or pass check_versions=False "
+                              "(run_traced.py --ignore-version-pins) at your own risk.")
 
 
 def resolve(model: Any, config: ModelConfig) -> list[tuple[str, Any, Target]]:

@@ -2,7 +2,7 @@
 
 For the steps the probe traced (one per call of the root module in the trace), every instrumented node must have
 the same number of calls on both sides, and each event `address:k` must line up with TorchLens's call `address:k`:
-same class, same primary (first tensor) input shape, and the same nearest instrumented ancestor as parent.
+same class, the same tensor input shapes in the same order, and the same nearest instrumented ancestor as parent.
 The one allowed gap: a call that runs no tensor op is absent from TorchLens (it lands in `uncalled`), so nodes
 whose events show no tensor output and that TorchLens lists as uncalled are expected from the events only.
 Every other difference raises `AlignmentError` naming the node, the call index and both sides.
@@ -21,10 +21,8 @@ class AlignmentError(MergeError):
     """Events and the TorchLens trace disagree."""
 
 
-def _shape(shapes: Iterable[Any]) -> tuple[int, ...] | None:
-    for s in shapes:
-        return tuple(s)
-    return None
+def _brief(shapes: list[tuple[int, ...]]) -> str:
+    return "[" + ", ".join(str(s) for s in shapes[:4]) + (f", ... {len(shapes)} in all]" if len(shapes) > 4 else "]")
 
 
 def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str]) -> dict[str, Any]:
@@ -51,9 +49,9 @@ def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str]) -> di
             continue  # already reported as a count difference
         if call.class_name != e.class_name:
             problems.append(f"{name}: class {e.class_name} in the events, {call.class_name} in the trace")
-        ev_shape, tl_shape = _shape(t.shape for t in e.inputs), _shape(call.input_shapes)
-        if ev_shape != tl_shape:
-            problems.append(f"{name}: first input shape {ev_shape} in the events, {tl_shape} in the trace")
+        ev_shapes, tl_shapes = [tuple(t.shape) for t in e.inputs], [tuple(s) for s in call.input_shapes]
+        if ev_shapes != tl_shapes:
+            problems.append(f"{name}: input shapes {_brief(ev_shapes)} in the events, {_brief(tl_shapes)} in the trace")
         parent = call.parent
         while parent is not None and parent[0] not in instrumented:
             parent = tree.calls[parent].parent

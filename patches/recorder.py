@@ -20,7 +20,8 @@ from .events import CallEvent, EventWriter, SessionHeader, TensorMeta
 
 
 def tensor_metas(items: Any, prefix: str = "") -> tuple[TensorMeta, ...]:
-    """Metadata of the tensors in a value: a tensor, a sequence of them (two levels deep) or a mapping."""
+    """Metadata of the tensors in a value, in order: lists, tuples and mappings (ModelOutput too) are searched
+    depth-first, other objects (a KV cache) are not; the same rule TorchLens uses for its call summaries."""
     import torch
 
     out: list[TensorMeta] = []
@@ -29,10 +30,10 @@ def tensor_metas(items: Any, prefix: str = "") -> tuple[TensorMeta, ...]:
         if isinstance(value, torch.Tensor):
             out.append(TensorMeta(name, tuple(value.shape), str(value.dtype).removeprefix("torch."),
                                   str(value.device)))
-        elif depth < 2 and isinstance(value, (list, tuple)):
+        elif depth < 16 and isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
                 visit(v, f"{name}.{i}" if name else str(i), depth + 1)
-        elif depth < 2 and isinstance(value, dict):
+        elif depth < 16 and isinstance(value, dict):
             for k, v in value.items():
                 visit(v, f"{name}.{k}" if name else str(k), depth + 1)
 

@@ -154,7 +154,7 @@ def test_events_of_another_input_do_not_align(v1_model):
     with pytest.raises(AlignmentError) as err:
         probe_section(v1_model, probe_of(v1_model, b), load_config("deepseek_ocr_v1"), rec.events,
                       sorted({e.address for e in rec.events}))
-    assert "model.sam_model:1: first input shape (6, 3, 640, 640) in the events, (4, 3, 640, 640) in the trace" \
+    assert "model.sam_model:1: input shapes [(6, 3, 640, 640)] in the events, [(4, 3, 640, 640)] in the trace" \
         in str(err.value)
 
 

@@ -207,6 +207,12 @@ def to_markdown(report: Report) -> str:
         lines += ["", "## MoE selection", "", "| node | step | k | experts | tokens |", "|---|---|---|---|---|"]
         lines += [f"| {r['address']} | {r['step']} | {r['k']} | {_v(r['experts'])} | {_v(r['tokens'])} |"
                   for r in report.moe["rows"]]
+    gemms = (report.probe or {}).get("gemms")
+    if gemms:
+        lines += ["", "## GEMM shapes in the probed steps (nn.Linear calls)", "",
+                  "| step | stage | node | M | N | K | calls |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {g['step']} | {g['stage'] or ''} | {g['node']} | {g['M']} | {g['N']} | {g['K']} | {g['calls']} |"
+                  for g in gemms]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines)

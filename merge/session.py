@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..patches.config import ModelConfig
 from ..patches.engine import instrument
 from .align import align
+from .gemms import gemm_table
 from .merger import session_report, static_children, structural_report
 from .report import Report
 from .seed import seed_fields
@@ -79,17 +80,19 @@ def rebinds(config: ModelConfig, model: Any) -> list[tuple[object, str, object]]
 
 
 def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: list | None,
-                  instrumented: list[str] | None) -> dict[str, Any]:
-    """Trace the probe; align it with the events when given; its structural loop nest and the seed fields."""
+                  stage_of: dict[str, str | None] | None) -> dict[str, Any]:
+    """Trace the probe; align it with the events when given (`stage_of`: instrumented address -> stage); its
+    structural loop nest, the seed fields and the GEMM shapes per step and stage."""
     from .capture import capture
 
     tree = capture(probe.fn, probe.args, probe.kwargs, model=model,
                    rebind=rebinds(config, model) if config else ())
     section: dict[str, Any] = {}
     if events is not None:
-        section.update(align(events, tree, instrumented or []))
+        section.update(align(events, tree, list(stage_of or {})))
     structural = structural_report(tree, model)
-    section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree)})
+    section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree),
+                    "gemms": gemm_table(tree, model, stage_of or {})})
     return section
 
 
@@ -110,5 +113,5 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         report.notes.append("no TorchLens probe: the session never called generate()")
     if probe is not None:
         report.probe = probe_section(model, probe, inst.config, recorder.events,
-                                     [a for a, _, _ in inst.bindings])
+                                     {a: t.stage for a, _, t in inst.bindings})
     return report, output

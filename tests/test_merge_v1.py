@@ -153,7 +153,7 @@ def test_events_of_another_input_do_not_align(v1_model):
         v1_model.generate(**a, max_new_tokens=2)
     with pytest.raises(AlignmentError) as err:
         probe_section(v1_model, probe_of(v1_model, b), load_config("deepseek_ocr_v1"), rec.events,
-                      sorted({e.address for e in rec.events}))
+                      {e.address: e.stage for e in rec.events})
     assert "model.sam_model:1: input shapes [(6, 3, 640, 640)] in the events, [(4, 3, 640, 640)] in the trace" \
         in str(err.value)
 
@@ -256,3 +256,22 @@ def test_report_rebuilt_from_a_saved_event_file(v1_sessions, v1_model, tmp_path)
     assert expand(rebuilt.loops) == expand(live.loops)
     assert rebuilt.moe == json.loads(json.dumps(live.moe))
     assert run_traced.main(["--from-events", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
+
+
+def test_gemm_shapes_of_the_probed_steps(traced, v1_model):
+    """lm_head is one GEMM per step: M = positions (the prompt in prefill, 1 in decode), N = vocab, K = hidden."""
+    report, inputs = traced
+    cfg = v1_model.config
+    rows = [r for r in report.probe["gemms"] if r["node"] == "lm_head"]
+    prompt = inputs["input_ids"].shape[1]
+    assert [(r["step"], r["stage"], r["M"], r["N"], r["K"], r["calls"]) for r in rows] == [
+        (0, "lm_head", prompt, cfg.vocab_size, cfg.hidden_size, 1), (1, "lm_head", 1, cfg.vocab_size, cfg.hidden_size, 1)]
+    q = [r for r in report.probe["gemms"] if r["node"] == "model.layers.*.self_attn.q_proj"]
+    assert [(r["step"], r["stage"], r["M"], r["calls"]) for r in q] == [
+        (0, "llm", prompt, cfg.num_hidden_layers), (1, "llm", 1, cfg.num_hidden_layers)]
+    assert {r["stage"] for r in report.probe["gemms"]} >= {"vision.sam", "vision.clip", "projector", "llm", "lm_head"}
+    # routed experts: one GEMM per hit expert, M = its tokens; the token total per step is tokens x top_k
+    ups = [r for r in report.probe["gemms"] if r["node"] == "model.layers.*.mlp.experts.*.up_proj"]
+    for step, tokens in ((0, prompt), (1, 1)):
+        moe_layers = cfg.num_hidden_layers - cfg.first_k_dense_replace
+        assert sum(r["M"] * r["calls"] for r in ups if r["step"] == step) == tokens * cfg.num_experts_per_tok * moe_layers

@@ -61,13 +61,19 @@ class FirstCall:
             setattr(self.cls, self.method, self._own)
 
     def probe(self, model: Any, max_new_tokens: int = 2) -> Probe | None:
-        """`generate` again on the same inputs for prefill + one decode step; None when it was never called."""
+        """`generate` again on the same inputs for prefill + one decode step (never more steps than the session
+        asked for); None when it was never called or had no `input_ids` to hand TorchLens."""
         if self.args is None:
             return None
         args, kwargs = self.args, dict(self.kwargs)
         if not args:  # TorchLens needs one positional input for a bound method
+            if kwargs.get("input_ids") is None:
+                return None
             args = (kwargs.pop("input_ids"),)
-        kwargs["max_new_tokens"] = max_new_tokens
+        asked = kwargs.pop("max_new_tokens", None)
+        for name in ("max_length", "min_length", "min_new_tokens", "streamer"):  # would contradict a short probe
+            kwargs.pop(name, None)
+        kwargs["max_new_tokens"] = max_new_tokens if asked is None else min(asked, max_new_tokens)
         return Probe(getattr(model, self.method), args, kwargs)
 
 
@@ -110,7 +116,7 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
     report = session_report(recorder.events, inst.config, model_class=type(model).__name__,
                             children=static_children(model))
     if probe is None and first is not None:
-        report.notes.append("no TorchLens probe: the session never called generate()")
+        report.notes.append("no TorchLens probe: the session never called generate() with input_ids")
     if probe is not None:
         report.probe = probe_section(model, probe, inst.config, recorder.events,
                                      {a: t.stage for a, _, t in inst.bindings})

@@ -275,3 +275,15 @@ def test_gemm_shapes_of_the_probed_steps(traced, v1_model):
     for step, tokens in ((0, prompt), (1, 1)):
         moe_layers = cfg.num_hidden_layers - cfg.first_k_dense_replace
         assert sum(r["M"] * r["calls"] for r in ups if r["step"] == step) == tokens * cfg.num_experts_per_tok * moe_layers
+
+
+def test_auto_probe_never_traces_more_steps_than_the_session(v1_model):
+    inputs = gen_inputs(v1_model, (1000, 800))
+    report, _ = trace_session(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=1), config="deepseek_ocr_v1",
+                              probe="auto", check_versions=False)
+    assert report.probe["traced_steps"] == 1 and [s["phase"] for s in report.steps] == ["prefill"]
+    (root,) = report.loops
+    assert (root.kind, root.address) == ("call", "")
+    none, _ = trace_session(v1_model, lambda: v1_model(**{k: v for k, v in inputs.items() if k != "attention_mask"}),
+                            config="deepseek_ocr_v1", probe="auto", check_versions=False)
+    assert none.probe is None and "never called generate()" in none.notes[-1]

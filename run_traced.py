@@ -158,7 +158,7 @@ def hub_session(args: argparse.Namespace) -> Session:
 
 
 def report_from_events(path: Path, config: str) -> Any:
-    """The session report of a saved event stream, without the model (no TorchLens probe, no container sizes)."""
+    """The session report of a saved event stream, without the model (no TorchLens probe)."""
     from loopmeta.merge import session_report
     from loopmeta.patches import load_config, read_events
 
@@ -166,7 +166,7 @@ def report_from_events(path: Path, config: str) -> Any:
         raise UserError(f"event file {path} not found")
     header, events = read_events(path)
     chosen = load_config(header.config if config == "auto" else config)
-    return session_report(events, chosen, model_class=header.model_class)
+    return session_report(events, chosen, model_class=header.model_class, sizes=header.containers)
 
 
 def main(argv: list[str] | None = None) -> int:

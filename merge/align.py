@@ -25,10 +25,14 @@ def _brief(shapes: list[tuple[int, ...]]) -> str:
     return "[" + ", ".join(str(s) for s in shapes[:4]) + (f", ... {len(shapes)} in all]" if len(shapes) > 4 else "]")
 
 
-def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str]) -> dict[str, Any]:
-    """Check the events of the traced steps against the trace; return a summary for the report."""
+def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str], step_address: str = "") -> dict[str, Any]:
+    """Check the events of the traced steps (one per call of `step_address`) against the trace; return a summary."""
     instrumented = set(instrumented)
-    steps = tree.num_calls("")
+    steps = tree.num_calls(step_address)
+    ran = len({e.step for e in events if e.address == step_address})
+    if steps > ran:
+        raise AlignmentError(f"the TorchLens probe traced {steps} steps but the session ran {ran}: the probe must "
+                             "repeat the session's first steps, not more")
     window = [e for e in events if e.step < steps]
     problems: list[str] = []
     ev_counts = Counter(e.address for e in window)

@@ -31,17 +31,27 @@ class Node:
 
 
 def from_events(events: Iterable[CallEvent]) -> list[Node]:
-    """The top-level calls of a session (parent None), each with its subtree, in start order."""
+    """The top-level calls of a session (parent None), each with its subtree, in start order.
+
+    Refuses a stream with a call missing: `seq` must run 0..N-1 and each node's call indices 1..n in start order."""
     ordered = sorted(events, key=lambda e: e.seq)
     nodes: dict[tuple[str, int], Node] = {}
     roots: list[Node] = []
-    for e in ordered:
+    seen: dict[str, int] = {}
+    for position, e in enumerate(ordered):
+        if e.seq != position:
+            raise ValueError(f"event seq {position} is missing (next is {e.address or '<root>'}:{e.call_index} "
+                             f"with seq {e.seq}): the stream lost a call")
+        if e.key in nodes:
+            raise ValueError(f"two events for {e.address}:{e.call_index}")
+        seen[e.address] = seen.get(e.address, 0) + 1
+        if e.call_index != seen[e.address]:
+            raise ValueError(f"{e.address or '<root>'}:{e.call_index} starts as call {seen[e.address]} of its node: "
+                             "the stream lost or renumbered a call")
         lane = dict(e.lane)
         lane.setdefault("step", e.step)
         lane.setdefault("phase", e.phase)
         node = Node(e.address, e.call_index, e.class_name, lane, e.role, e.stage, e.step)
-        if e.key in nodes:
-            raise ValueError(f"two events for {e.address}:{e.call_index}")
         nodes[e.key] = node
         if e.parent is None:
             roots.append(node)

@@ -53,16 +53,24 @@ class Loop:
 
 @dataclass
 class Hints:
-    """What a model config adds: roles that are selections, axis labels per role, static container sizes."""
+    """What a model config adds: roles that are selections, axis labels per role, container sizes (M).
 
-    select_roles: frozenset[str] = frozenset()
+    Without a config (`select_roles is None`), a selection is inferred only where the members that ran leave a gap
+    (`experts.1, experts.4`); a contiguous run is a `for`, since data dependence cannot be seen from one trace."""
+
+    select_roles: frozenset[str] | None = None
     axes: dict[str, str] = field(default_factory=dict)
-    static_children: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _member(address: str) -> tuple[str, int] | None:
     head, _, tail = address.rpartition(".")
-    return (head, int(tail)) if head and tail.isdigit() else None
+    return (head, int(tail)) if tail.isdigit() else None
+
+
+def join(container: str, index: int | str) -> str:
+    """The address of member `index` of `container` (the root's members are `0`, `1`, ...)."""
+    return f"{container}.{index}" if container else str(index)
 
 
 def _rel(address: str, base: str) -> str:
@@ -148,15 +156,18 @@ class LoopBuilder:
 
     def _stack(self, container: str, calls: list[Node]) -> list[Loop]:
         members = [(_member(c.address)[1], c) for c in calls]
-        static = self.hints.static_children.get(container)
-        is_select = calls[0].role in self.hints.select_roles or (
-            static is not None and len(static) != len(calls))
+        indices = [i for i, _ in members]
+        if self.hints.select_roles is None:
+            is_select = indices != list(range(indices[0], indices[0] + len(indices)))
+        else:
+            is_select = calls[0].role in self.hints.select_roles
+        total = self.hints.sizes.get(container)
         bodies = [self.build(c.children) for _, c in members]
         sigs = [(c.class_name, signature(b, c.address)) for (_, c), b in zip(members, bodies)]
         if is_select and len(set(sigs)) == 1:
             first = members[0][1]
             loop = Loop("select", first.address, first.class_name, len(members), container=container,
-                        members=sorted(i for i, _ in members), total=len(static) if static is not None else None,
+                        members=sorted(indices), total=total,
                         lanes=[dict(c.lane) for _, c in members], picks=[[i for i, _ in members]],
                         variants=[Variant(list(range(len(members))), bodies[0])])
             for body in bodies[1:]:
@@ -209,7 +220,7 @@ def expand(loops: Iterable[Loop]) -> Counter[str]:
                     picked = loop.members
                 container = substitute(loop.container, subs)
                 for m in picked:
-                    member = f"{container}.{m}"
+                    member = join(container, m)
                     out[member] += 1
                     visit(loop.body, subs + ((substitute(loop.address, subs), member),))
 

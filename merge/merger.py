@@ -20,20 +20,11 @@ class MergeError(ValueError):
     """Events cannot be turned into an exact report (names the node, call index and the problem)."""
 
 
-def static_children(model: Any) -> dict[str, tuple[str, ...]]:
-    """Direct child addresses of every module (uncalled ones included), rooted at `model`."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for address, _ in model.named_modules():
-        if address:
-            out[address.rpartition(".")[0]].append(address)
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def hints_for(config: ModelConfig | None, children: dict[str, tuple[str, ...]] | None) -> Hints:
+def hints_for(config: ModelConfig | None, sizes: dict[str, int] | None) -> Hints:
     if config is None:
-        return Hints(static_children=children or {})
+        return Hints(sizes=sizes or {})
     return Hints(select_roles=frozenset(t.role for t in config.targets if t.select),
-                 axes={t.role: t.axis for t in config.targets if t.axis}, static_children=children or {})
+                 axes={t.role: t.axis for t in config.targets if t.axis}, sizes=sizes or {})
 
 
 def _scalars(module: Any) -> dict[str, Any]:
@@ -62,7 +53,8 @@ def structural_report(tree: Any, model: Any = None) -> Report:
     """Config-free mode: the exact loop nest of any model from its TorchLens call tree alone (with `model`, stack
     members that differ in constructor parameters are annotated)."""
     roots = calltree.from_trace(tree)
-    loops = LoopBuilder(Hints(static_children=dict(tree.static_children))).build(roots)
+    sizes = {a: len(kids) for a, kids in tree.static_children.items()}
+    loops = LoopBuilder(Hints(sizes=sizes)).build(roots)
     counts = calltree.counts(roots)
     check_exact(loops, counts, "structural report")
     if model is not None:
@@ -114,7 +106,8 @@ def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) 
     if not stages or len(step_loops) != 1:
         return []
     (steps,) = step_loops
-    early = [l for l in loops if l is not steps]  # ran before the first forward: step 0
+    early = [l for l in loops if l is not steps  # ran before the first forward: step 0
+             and all(lane.get("before_first_forward") for lane in l.lanes)]
     groups = []
     for v in steps.variants:
         by_phase: dict[tuple[str, bool], list[int]] = {}
@@ -128,7 +121,7 @@ def stage_view(loops: list[Loop], stages: Iterable[str], step_role: str | None) 
 
 
 def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,
-                   children: dict[str, tuple[str, ...]] | None = None) -> Report:
+                   sizes: dict[str, int] | None = None) -> Report:
     """The labelled loop nest of a whole session from its events; exactness is checked before returning."""
     errors = [e.lane["extract_error"] for e in events if "extract_error" in e.lane]
     if errors:
@@ -140,17 +133,26 @@ def session_report(events: list[CallEvent], config: ModelConfig | None, *, model
         roots = calltree.from_events(events)
     except ValueError as exc:
         raise MergeError(str(exc)) from None
-    loops = LoopBuilder(hints_for(config, children)).build(roots)
+    loops = LoopBuilder(hints_for(config, sizes)).build(roots)
     counts = calltree.counts(roots)
     check_exact(loops, counts)
     step_role = config.step_target.role if config and config.step_target else None
     _check_steps(loops, step_role)
     steps = [{"step": e.step, **{k: v for k, v in e.lane.items() if k != "step"}}
              for e in sorted(events, key=lambda e: e.seq) if e.role == step_role]
+    decoded = [s["step"] for s in steps if s.get("phase") == "decode"]
+    again = [s["step"] for s in steps if s.get("phase") == "prefill" and decoded and s["step"] > decoded[0]]
+    if again:
+        raise MergeError(f"step {again[0]} is a new prefill after decode steps: the session holds more than one "
+                         "generation. Instrument one generate() / infer() per session.")
     notes = []
-    early = sorted({e.address for e in events if e.lane.get("before_first_forward") and e.parent is None})
+    top = [e for e in events if e.parent is None and e.role != step_role]
+    early = sorted({e.address for e in top if e.lane.get("before_first_forward")})
     if early:
         notes.append(f"ran before the first forward of the session, counted in step 0: {', '.join(early)}")
+    between = sorted({e.address for e in top if not e.lane.get("before_first_forward")})
+    if between:
+        notes.append(f"ran outside any forward after the first one (not in the stage view): {', '.join(between)}")
     report = Report(model_class=model_class, config=config.name if config else None, source="events",
                     loops=loops, counts=counts, steps=steps, moe=moe_table(events), notes=notes,
                     stage_view=stage_view(loops, config.stages if config else (), step_role))

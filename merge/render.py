@@ -56,12 +56,16 @@ Subs = tuple[tuple[str, str], ...]
 _VARS = "ijklmn"
 
 
+def _container(loop: Loop, subs: Subs) -> str:
+    return substitute(loop.container, subs) if loop.container else "<root>"
+
+
 def member_subs(loop: Loop, subs: Subs) -> Subs:
     """Inside a for / select body, the representative member reads as an index variable: `model.layers[i]`."""
     if loop.kind not in ("for", "select"):
         return subs
     var = _VARS[sum(1 for _, new in subs if new.endswith("]")) % len(_VARS)]
-    return subs + ((substitute(loop.address, subs), f"{substitute(loop.container, subs)}[{var}]"),)
+    return subs + ((substitute(loop.address, subs), f"{_container(loop, subs)}[{var}]"),)
 
 
 def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> str:
@@ -78,7 +82,7 @@ def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> s
         return address
     if loop.kind == "parfor":
         return f"{address} parfor {loop.bound}"
-    container = substitute(loop.container or "", subs)
+    container = _container(loop, subs)
     if loop.kind == "for":
         return f"{container}[{_ranges(loop.members)}] for {loop.bound}"
     of = f" of {loop.total}" if loop.total is not None else ""

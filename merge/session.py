@@ -17,7 +17,7 @@ from ..patches.config import ModelConfig
 from ..patches.engine import instrument
 from .align import align
 from .gemms import gemm_table
-from .merger import session_report, static_children, structural_report
+from .merger import session_report, structural_report
 from .report import Report
 from .seed import seed_fields
 
@@ -95,7 +95,8 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
                    rebind=rebinds(config, model) if config else ())
     section: dict[str, Any] = {}
     if events is not None:
-        section.update(align(events, tree, list(stage_of or {})))
+        step = config.step_target.pattern if config and config.step_target else ""
+        section.update(align(events, tree, list(stage_of or {}), step))
     structural = structural_report(tree, model)
     section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree),
                     "gemms": gemm_table(tree, model, stage_of or {})})
@@ -107,14 +108,16 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
                   check_versions: bool = True, options: dict[str, Any] | None = None) -> tuple[Report, Any]:
     """Run `run()` instrumented, then trace `probe` with TorchLens and merge; returns the checked report and what
     `run()` returned. `probe="auto"` re-runs the session's first `generate()` call for 2 new tokens."""
+    if isinstance(probe, str) and probe != "auto":
+        raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
     inst = instrument(model, config, events=events, check_versions=check_versions, options=options)
     first = FirstCall(type(model)) if probe == "auto" else None
     with inst as recorder, (first or contextlib.nullcontext()):
         output = run()
     if first is not None:
-        probe = first.probe(model)
+        probe = first.probe(model, min(2, recorder.steps)) if recorder.steps else None
     report = session_report(recorder.events, inst.config, model_class=type(model).__name__,
-                            children=static_children(model))
+                            sizes=recorder.header.containers)
     if probe is None and first is not None:
         report.notes.append("no TorchLens probe: the session never called generate() with input_ids")
     if probe is not None:

@@ -118,16 +118,25 @@ class Instrumentation:
                               f"got a {type(model).__name__}. Instrument the object users call generate() on.")
         if check_versions:
             check_pins(config)
+        if id(model) in _LIVE:
+            raise InstrumentationError(f"{type(model).__name__} is already instrumented by config "
+                                       f"{_LIVE[id(model)].config.name!r}; uninstrument it first")
         self.bindings = resolve(model, config)
         self.addresses = {id(m): a for a, m, _ in self.bindings}
-        self.recorder = Recorder(config.name, type(model).__name__, events_path)
+        shared = [a for a, m, _ in self.bindings if id(m) in _BOUND]
+        if shared:
+            other = _BOUND[id(next(m for a, m, _ in self.bindings if a == shared[0]))][1]
+            raise InstrumentationError(f"modules {shared[:5]} are already instrumented as part of another "
+                                       f"{type(other.model).__name__}; a module can belong to one session at a time")
+        selected = {a.rpartition(".")[0] for a, _, t in self.bindings if t.select}
+        containers = {c: len(list(model.get_submodule(c).children())) for c in sorted(selected)}
+        self.recorder = Recorder(config.name, type(model).__name__, events_path, containers)
         self.recorder.state["options"] = dict(options or {})
         self.active = False
 
     def instrument(self) -> Recorder:
-        if id(self.model) in _LIVE:
-            raise InstrumentationError(f"{type(self.model).__name__} at {id(self.model):#x} is already instrumented "
-                                       "(by config " f"{_LIVE[id(self.model)].config.name!r}); uninstrument it first")
+        if self.active or id(self.model) in _LIVE:
+            raise InstrumentationError(f"{type(self.model).__name__} is already instrumented; uninstrument it first")
         for _, module, target in self.bindings:
             cls = type(module)
             patch = _CLASS_PATCHES.get(cls)
@@ -172,9 +181,6 @@ def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events:
     `uninstrument(m)` later. `config` is "auto" (picked from the model's class), a built-in name or a .toml path.
     `events` is an optional JSONL path that receives every event as it happens; `options` reach the adapter's
     extractors as `call.state["options"]` (e.g. `{"expert_ledger": False}` for DeepSeek-OCR 2)."""
-    if id(model) in _LIVE:
-        raise InstrumentationError(f"{type(model).__name__} is already instrumented by config "
-                                   f"{_LIVE[id(model)].config.name!r}; uninstrument it first")
     if isinstance(config, ModelConfig):
         chosen = config
     elif config == "auto":

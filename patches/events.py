@@ -43,10 +43,13 @@ class TensorMeta:
 
 @dataclass(frozen=True)
 class SessionHeader:
+    """`containers`: members of each container whose members are a data-dependent selection (the M of k of M)."""
+
     session: str
     config: str
     model_class: str
     versions: dict[str, str]
+    containers: dict[str, int] = field(default_factory=dict)
     schema: str = SCHEMA
     version: int = SCHEMA_VERSION
 
@@ -180,7 +183,8 @@ def read_events(path: str | Path) -> tuple[SessionHeader, list[CallEvent]]:
                         f"version {SCHEMA_VERSION}")
                 try:
                     header = SessionHeader(session=str(data["session"]), config=str(data["config"]),
-                                           model_class=str(data["model_class"]), versions=dict(data["versions"]))
+                                           model_class=str(data["model_class"]), versions=dict(data["versions"]),
+                                           containers={str(k): int(v) for k, v in data.get("containers", {}).items()})
                 except (KeyError, TypeError, ValueError) as exc:
                     raise EventFileError(f"{path}:{lineno}: bad header ({exc!r})") from None
                 continue

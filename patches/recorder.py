@@ -94,13 +94,19 @@ class Call:
 class Recorder:
     """Collects the events of one session, in memory and (optionally) in a JSONL file."""
 
-    def __init__(self, config_name: str, model_class: str, events_path: str | Path | None = None):
-        import torch
-        import transformers
+    def __init__(self, config_name: str, model_class: str, events_path: str | Path | None = None,
+                 containers: dict[str, int] | None = None):
+        from importlib import metadata
 
+        versions = {}
+        for package in ("torch", "transformers"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                pass
         self.session = uuid.uuid4().hex[:12]
         self.header = SessionHeader(session=self.session, config=config_name, model_class=model_class,
-                                    versions={"torch": torch.__version__, "transformers": transformers.__version__})
+                                    versions=versions, containers=dict(containers or {}))
         self.events: list[CallEvent] = []
         self.extract_errors: list[str] = []
         self.state: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import torch
 from loopmeta.merge import calltree
 from loopmeta.merge.align import AlignmentError
 from loopmeta.merge.loops import expand, walk
-from loopmeta.merge.merger import MergeError, session_report, static_children
+from loopmeta.merge.merger import MergeError, session_report
 from loopmeta.merge.render import to_text
 from loopmeta.merge.report import ExactnessError, check_exact, read_report, write_report
 from loopmeta.merge.session import Probe, probe_section, trace_session
@@ -160,41 +160,107 @@ def test_events_of_another_input_do_not_align(v1_model):
 def test_tampered_event_streams_are_refused(v1_sessions, v1_model):
     events = v1_sessions["gundam_2x3"]["recorder"].events
     config = load_config("deepseek_ocr_v1")
-    kids = static_children(v1_model)
-    session_report(events, config, model_class="m", children=kids)  # the untouched stream is fine
+    kids = v1_sessions["gundam_2x3"]["recorder"].header.containers
+    session_report(events, config, model_class="m", sizes=kids)  # the untouched stream is fine
     sam = next(e for e in events if e.address == "model.sam_model")
-    with pytest.raises(MergeError, match="names parent model.sam_model:1"):
-        session_report([e for e in events if e is not sam], config, model_class="m", children=kids)
+    with pytest.raises(MergeError, match=r"event seq 2 is missing \(next is model.sam_model.blocks.0:1"):
+        session_report([e for e in events if e is not sam], config, model_class="m", sizes=kids)
+    expert = [e for e in events if e.role == "llm.moe.expert" and e.step == 2][0]
+    with pytest.raises(MergeError, match="the stream lost a call"):
+        session_report([e for e in events if e is not expert], config, model_class="m", sizes=kids)
+    orphan = [copy.copy(e) for e in events]
+    for e in orphan:
+        if e.address == "model.sam_model.blocks.0" and e.call_index == 1:
+            e.parent = ("model.sam_model", 9)
+    with pytest.raises(MergeError, match="names parent model.sam_model:9"):
+        session_report(orphan, config, model_class="m", sizes=kids)
     wrong = [copy.copy(e) for e in events]
     block = next(e for e in wrong if e.address == "model.sam_model.blocks.0" and e.call_index == 2)
     block.call_index = 1
     with pytest.raises(MergeError, match=r"two events for model.sam_model.blocks.0:1"):
-        session_report(wrong, config, model_class="m", children=kids)
+        session_report(wrong, config, model_class="m", sizes=kids)
     bad = [copy.copy(e) for e in events]
     layer = next(e for e in bad if e.role == "llm.layer")
     layer.lane = {**layer.lane, "extract_error": "model.layers.0:1: decoder_layer raised KeyError()"}
     with pytest.raises(MergeError, match="metadata extraction failed"):
-        session_report(bad, config, model_class="m", children=kids)
+        session_report(bad, config, model_class="m", sizes=kids)
 
 
 def test_tampered_count_is_caught_by_the_invariant(v1_sessions, v1_model):
     events = v1_sessions["base"]["recorder"].events
     roots = calltree.from_events(events)
     report = session_report(events, load_config("deepseek_ocr_v1"), model_class="m",
-                            children=static_children(v1_model))
+                            sizes=v1_sessions["base"]["recorder"].header.containers)
     observed = calltree.counts(roots)
     observed["lm_head"] += 1
     with pytest.raises(ExactnessError, match="lm_head: observed 3 calls, report expands to 2"):
         check_exact(report.loops, observed)
 
 
-def test_report_of_a_decode_step_that_differs_is_refused(v1_sessions, v1_model):
-    events = [copy.copy(e) for e in v1_sessions["gundam_2x3"]["recorder"].events]
-    # drop the shared experts of every MoE layer in the last decode step: that step's structure now differs
-    last = max(e.step for e in events)
-    events = [e for e in events if not (e.step == last and e.role == "llm.moe.shared")]
-    with pytest.raises(MergeError, match=rf"decode steps \[{last}\] have another call structure"):
-        session_report(events, load_config("deepseek_ocr_v1"), model_class="m", children=static_children(v1_model))
+class Toy(torch.nn.Module):
+    """A session whose third forward skips `b`: its decode step has another structure than the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x, past=0):
+        self.calls += 1
+        x = self.a(x)
+        return x if self.calls == 3 else self.b(x)
+
+
+TOY_CONFIG = """name = "toy"
+root_classes = ["Toy"]
+adapter = "toy"
+stages = ["body"]
+[[targets]]
+role = "step"
+pattern = ""
+step = true
+on_enter = "step"
+[[targets]]
+role = "a"
+pattern = "a"
+stage = "body"
+[[targets]]
+role = "b"
+pattern = "b"
+stage = "body"
+"""
+
+
+@pytest.fixture()
+def toy_config(tmp_path):
+    (tmp_path / "toy.py").write_text('def step(call):\n    past = call.arg("past")\n'
+                                     '    return {"phase": "prefill" if past == 0 else "decode", "past_len": past}\n')
+    (tmp_path / "toy.toml").write_text(TOY_CONFIG)
+    return load_config(tmp_path / "toy.toml")
+
+
+def toy_session(config, pasts):
+    from loopmeta.patches import instrument
+
+    toy, x = Toy(), torch.ones(1, 4)
+    with instrument(toy, config) as rec:
+        for past in pasts:
+            toy(x, past)
+    return rec.events
+
+
+def test_report_of_a_decode_step_that_differs_is_refused(toy_config):
+    events = toy_session(toy_config, [0, 1, 2, 3])
+    with pytest.raises(MergeError, match=r"decode steps \[2\] have another call structure than decode steps \[1, 3\]"):
+        session_report(events, toy_config, model_class="Toy")
+
+
+def test_a_second_generation_in_one_session_is_refused(toy_config):
+    events = toy_session(toy_config, [0, 1, 0, 1])
+    with pytest.raises(MergeError, match="step 2 is a new prefill after decode steps"):
+        session_report(events, toy_config, model_class="Toy")
+    chunked = session_report(toy_session(toy_config, [0, 0, 1]), toy_config, model_class="Toy")  # two prefills
+    assert [s["phase"] for s in chunked.steps] == ["prefill", "prefill", "decode"]
 
 
 def test_json_lanes_carry_no_session_ids(traced):

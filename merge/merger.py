@@ -73,12 +73,15 @@ def moe_table(events: Iterable[CallEvent]) -> dict[str, Any] | None:
         return None
     ks = [r["k"] for r in rows]
     impls = sorted({str(e.lane["experts_implementation"]) for e in events if "experts_implementation" in e.lane})
-    load: dict[tuple[str, int], int] = defaultdict(int)
+    load: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    total: dict[str, int] = {}
     for r in rows:
         for expert, tokens in zip(r["experts"], r["tokens"]):
-            load[(r["address"], expert)] += tokens
-    per_expert = list(load.values())
-    imbalance = round(max(per_expert) / (sum(per_expert) / len(per_expert)), 3) if per_expert else None
+            load[r["address"]][expert] += tokens
+        total[r["address"]] = r["of"] or len(load[r["address"]])
+    # per MoE node: the busiest expert's tokens over the mean over all its experts (unused ones count as 0)
+    ratios = [max(per.values()) / (sum(per.values()) / total[a]) for a, per in load.items() if sum(per.values())]
+    imbalance = round(max(ratios), 3) if ratios else None
     return {"rows": rows, "summary": {"calls": len(rows), "k_min": min(ks), "k_max": max(ks),
                                       "k_mean": round(sum(ks) / len(ks), 3), "imbalance": imbalance,
                                       "experts_implementation": impls}}

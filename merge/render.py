@@ -187,7 +187,7 @@ def to_text(report: Report) -> str:
     if report.moe:
         s = report.moe["summary"]
         parts += ["", f"moe: {s['calls']} MoE calls, k min {s['k_min']} / mean {s['k_mean']} / max {s['k_max']}, "
-                      f"expert-load imbalance (max/mean tokens) {s['imbalance']}"
+                      f"expert-load imbalance (busiest expert / mean over all experts) {s['imbalance']}"
                       + (f", experts implementation {'/'.join(s['experts_implementation'])}"
                          if s["experts_implementation"] else "")]
     parts += [f"note: {n}" for n in report.notes]

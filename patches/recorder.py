@@ -74,6 +74,7 @@ class Call:
     state: dict[str, Any]
     lane: dict[str, Any] = field(default_factory=dict)
     children: list[CallEvent] = field(default_factory=list)
+    inputs: tuple[TensorMeta, ...] = ()  # read when the call starts, before the forward can change its inputs
 
     def arg(self, name: str, default: Any = None) -> Any:
         """An argument by name, whether it was passed by keyword or by position."""
@@ -136,7 +137,8 @@ class Recorder:
             step = max(self.steps - 1, 0)
         call = Call(address=address, index=self._counts[address], seq=self._seq, step=step, phase=self._phase,
                     role=target.role, stage=target.stage, module=module, forward=forward, args=args,
-                    kwargs=kwargs, parent=parent, state=self.state)
+                    kwargs=kwargs, parent=parent, state=self.state,
+                    inputs=tensor_metas(args) + tensor_metas(kwargs))
         self._seq += 1
         if self.steps == 0:
             call.lane["before_first_forward"] = True
@@ -156,7 +158,7 @@ class Recorder:
         self._stack.reset(token)
         if error is None:
             self._extract(call, on_exit, result)
-        inputs = tensor_metas(call.args) + tensor_metas(call.kwargs)
+        inputs = call.inputs
         event = CallEvent(
             session=self.session, seq=call.seq, step=call.step, phase=call.phase, address=call.address,
             class_name=type(call.module).__name__, call_index=call.index,

@@ -352,3 +352,19 @@ def test_auto_probe_never_traces_more_steps_than_the_session(v1_model):
     none, _ = trace_session(v1_model, lambda: v1_model(**{k: v for k, v in inputs.items() if k != "attention_mask"}),
                             config="deepseek_ocr_v1", probe="auto", check_versions=False)
     assert none.probe is None and "never called generate()" in none.notes[-1]
+
+
+def test_moe_imbalance_counts_unused_experts():
+    from loopmeta.merge.merger import moe_table
+    from loopmeta.patches import CallEvent
+
+    def moe(seq, hit, tokens):
+        return CallEvent(session="s", seq=seq, step=0, phase="prefill", address="model.layers.1.mlp", class_name="M",
+                         call_index=seq + 1, parent=None, role="llm.moe", stage="llm",
+                         lane={"experts_hit": hit, "tokens_per_expert": tokens, "experts_total": 64})
+
+    # two experts of 64 with equal load: the busiest has 32x the mean load over all 64 experts
+    assert moe_table([moe(0, [3, 9], [5, 5])])["summary"]["imbalance"] == 32.0
+    table = moe_table([moe(0, [3, 9], [6, 2]), moe(1, [3], [4])])
+    assert table["summary"]["imbalance"] == round(10 / (12 / 64), 3)
+    assert (table["summary"]["k_min"], table["summary"]["k_max"]) == (1, 2)

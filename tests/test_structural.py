@@ -81,3 +81,39 @@ def test_repeat_and_stack():
     kinds = {(l.kind, l.address if l.kind == "parfor" else l.container, l.bound) for l in walk(report.loops)}
     assert ("parfor", "shared", 3) in kinds and ("for", "blocks", 5) in kinds
     assert expand(report.loops) == hook_counts(model, lambda: model(x))
+
+
+def test_members_of_the_root_form_a_stack():
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(5))).eval()
+    x = torch.ones(1, 4)
+    report = structural_report(capture(model, (x,), model=model))
+    stacks = [l for l in walk(report.loops) if l.kind == "for"]
+    assert [(l.container, l.members) for l in stacks] == [("", [0, 1, 2, 3, 4])]
+    assert expand(report.loops) == hook_counts(model, lambda: model(x))
+    assert "<root>[0..4] for 5" in to_text(report)
+
+
+class Pick(torch.nn.Module):
+    def __init__(self, chosen):
+        super().__init__()
+        self.chosen = chosen
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(6))
+
+    def forward(self, x):
+        for i in self.chosen:  # a data-dependent choice, as an MoE makes
+            x = self.experts[i](x)
+        return x
+
+
+@pytest.mark.parametrize("chosen, kind", [((1, 4), "select"), ((2, 3), "for")])
+def test_config_free_select_only_where_members_leave_a_gap(chosen, kind):
+    """One trace cannot show data dependence: a gap among the members that ran reads as a selection, a
+    contiguous run as a for."""
+    model = Pick(chosen).eval()
+    x = torch.ones(1, 4)
+    report = structural_report(capture(model, (x,), model=model))
+    (loop,) = [l for l in walk(report.loops) if l.container == "experts"]
+    assert (loop.kind, loop.members) == (kind, list(chosen))
+    if kind == "select":
+        assert (loop.picks, loop.total) == ([list(chosen)], 6)
+    assert expand(report.loops) == hook_counts(model, lambda: model(x))

@@ -6,10 +6,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stubs.deepseek_ocr_v1 import load_stub_model  # noqa: E402
+
+
+class TensorOps(TorchFunctionMode):
+    """Records, in order, every torch function whose result holds a tensor, and every host read of tensor values
+    (`host:tolist`, `host:item`, ...: what would sync a GPU)."""
+
+    HOST_READS = {"tolist", "item", "numpy", "__bool__", "__int__", "__float__", "__index__"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        flat = out if isinstance(out, (tuple, list)) else (out,)
+        if name in self.HOST_READS:
+            self.ops.append(f"host:{name}")
+        elif any(isinstance(x, torch.Tensor) for x in flat):
+            self.ops.append(getattr(func, "__qualname__", None) or name or repr(func))
+        return out
 
 
 def transformers_major() -> int:

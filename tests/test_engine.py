@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from loopmeta.patches import (ConfigError, EventFileError, InstrumentationError, instrument, is_instrumented,
                               load_config, read_events, uninstrument)
 from loopmeta.patches import engine
+from conftest import TensorOps
 from stubs.deepseek_ocr_v1 import MODES, load_stub_model
 
 MISSING = object()
@@ -66,29 +66,19 @@ def test_outputs_are_bit_identical(v1_model, inputs):
     assert torch.equal(plain_seq, traced_seq)
 
 
-class TensorOps(TorchFunctionMode):
-    """Records every torch function whose result holds a tensor, in order."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        flat = out if isinstance(out, (tuple, list)) else (out,)
-        if any(isinstance(x, torch.Tensor) for x in flat):
-            self.ops.append(getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func)))
-        return out
-
-
 def test_wrappers_issue_no_tensor_ops(v1_model, inputs):
     with TensorOps() as plain:
         v1_model.generate(**inputs, max_new_tokens=2)
     with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as rec, TensorOps() as traced:
         v1_model.generate(**inputs, max_new_tokens=2)
     assert len(rec.events) > 50  # the wrappers did run
-    assert len(plain.ops) > 1000
-    assert traced.ops == plain.ops
+    assert len(plain.ops) > 1000 and "host:item" in plain.ops  # the vendor reads host values itself
+    # the one value the v1 adapter reads: the CPU grid `images_spatial_crop`, once per model call with images
+    # (the prefill); everything else is the plain run's sequence exactly
+    extra = [op for op in traced.ops if op.startswith("host:")]
+    assert len(extra) == len([op for op in plain.ops if op.startswith("host:")]) + 1
+    k = next(i for i, (a, b) in enumerate(zip(traced.ops, plain.ops)) if a != b)
+    assert traced.ops[k] == "host:tolist" and traced.ops[:k] + traced.ops[k + 1:] == plain.ops
 
 
 def test_unknown_model_is_refused():

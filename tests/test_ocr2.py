@@ -15,7 +15,9 @@ import pytest
 from conftest import needs_transformers5
 from loopmeta.merge.loops import expand, walk
 from loopmeta.merge.report import write_report
+from loopmeta.merge import session_report
 from loopmeta.merge.session import trace_session
+from loopmeta.patches import instrument, load_config
 
 pytestmark = [needs_transformers5, pytest.mark.real_model]
 NEW = 3
@@ -98,12 +100,27 @@ def test_both_experts_implementations_agree(tiny):
     assert impls == {"grouped_mm", "eager"}
 
 
-def test_expert_ledger_can_be_switched_off(tiny):
+def test_expert_ledger_is_the_one_host_read_and_can_be_switched_off(tiny):
+    """With the ledger: exactly one host read (`tolist` of the router's top-k ids) per MoE call and no tensor op;
+    without it: the plain run's sequence of torch calls exactly, and no MoE selection in the report."""
+    from conftest import TensorOps
+
     model = tiny.build_model("tiny")
     inputs = tiny.prepare_inputs(tiny.build_processor(), tiny.synthetic_page(640, 480))
-    report, _ = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False),
-                              options={"expert_ledger": False})
-    assert report.moe is None and report.probe is None
+    run = lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False)  # noqa: E731
+    with TensorOps() as plain:
+        run()
+    with instrument(model, options={"expert_ledger": True}) as rec, TensorOps() as on:
+        run()
+    with instrument(model, options={"expert_ledger": False}) as rec_off, TensorOps() as off:
+        run()
+    gates = [e for e in rec.events if e.role == "llm.moe.gate"]
+    assert len(gates) == 2 * sum(1 for m in model.modules() if type(m).__name__ == "DeepseekOcr2TextMoe")
+    assert off.ops == plain.ops
+    assert [op for op in on.ops if op != "host:tolist"] == [op for op in plain.ops if op != "host:tolist"]
+    assert on.ops.count("host:tolist") == plain.ops.count("host:tolist") + len(gates)
+    assert not any("router" in e.lane for e in rec_off.events)
+    assert session_report(rec_off.events, load_config("deepseek_ocr2_hf"), model_class="m").moe is None
 
 
 def test_run_traced_without_arguments(tmp_path):

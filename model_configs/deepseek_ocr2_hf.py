@@ -26,7 +26,10 @@ def vision_view(call: Any) -> dict[str, Any]:
     """`vision_tower`: the global views and the crops are told apart by their resolution."""
     x = call.arg("pixel_values")
     size = int(x.shape[-1])
-    view = {GLOBAL_SIZE: "global", TILE_SIZE: "local"}.get(size, f"unknown {size}")
+    views = {GLOBAL_SIZE: "global", TILE_SIZE: "local"}
+    if size not in views:
+        raise ValueError(f"vision input of {size}x{size}: neither a global view ({GLOBAL_SIZE}) nor a crop ({TILE_SIZE})")
+    view = views[size]
     return {"view": view, "batch": int(x.shape[0]), "resolution": resolution(x)}
 
 
@@ -37,7 +40,11 @@ def projector_view(call: Any) -> dict[str, Any]:
     """The projector runs right after each vision-tower call; its token count names the view."""
     x = call.args[0]
     n = int(x.shape[1])
-    view = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}.get(n, f"unknown {n}")
+    views = {GLOBAL_TOKENS: "global", TILE_TOKENS: "local"}
+    if n not in views:
+        raise ValueError(f"projector input of {n} tokens: neither a global view ({GLOBAL_TOKENS}) nor a crop "
+                         f"({TILE_TOKENS})")
+    view = views[n]
     return {"view": view, "batch": int(x.shape[0]), "tokens": n}
 
 

@@ -93,7 +93,7 @@ def jsonable(obj: Any) -> Any:
 def dump_line(obj: SessionHeader | CallEvent) -> str:
     data = jsonable(obj)
     data["kind"] = "header" if isinstance(obj, SessionHeader) else "call"
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return json.dumps(data, separators=(",", ":"))  # field and lane order kept as written
 
 
 class EventWriter:

@@ -17,8 +17,9 @@ from typing import Any
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
 
-def gemm_table(tree: Any, model: Any, stage_of: dict[str, str | None]) -> list[dict[str, Any]]:
-    """Rows (step, stage, node pattern, M, N, K, weight bytes per element, calls), in order of first appearance."""
+def gemm_table(tree: Any, model: Any, stage_of: dict[str, str | None], step_address: str = "") -> list[dict[str, Any]]:
+    """Rows (step, stage, node pattern, M, N, K, weight bytes per element, calls), in order of first appearance;
+    the k-th call of `step_address` (the model's forward) is step k-1."""
     import torch
 
     def step_and_stage(key: tuple[str, int]) -> tuple[int, str | None]:
@@ -26,7 +27,7 @@ def gemm_table(tree: Any, model: Any, stage_of: dict[str, str | None]) -> list[d
         while call is not None:
             if not found and call.address in stage_of:
                 stage, found = stage_of[call.address], True
-            if call.address == "":
+            if call.address == step_address:
                 step = call.index - 1
             call = tree.calls[call.parent] if call.parent is not None else None
         return step, stage

@@ -94,12 +94,12 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
     tree = capture(probe.fn, probe.args, probe.kwargs, model=model,
                    rebind=rebinds(config, model) if config else ())
     section: dict[str, Any] = {}
+    step = config.step_target.pattern if config and config.step_target else ""
     if events is not None:
-        step = config.step_target.pattern if config and config.step_target else ""
         section.update(align(events, tree, list(stage_of or {}), step))
     structural = structural_report(tree, model)
     section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree),
-                    "gemms": gemm_table(tree, model, stage_of or {})})
+                    "gemms": gemm_table(tree, model, stage_of or {}, step)})
     return section
 
 

@@ -105,11 +105,27 @@ def _parse(path: Path) -> ModelConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read model config {path}: {exc}") from None
     name = raw.get("name") or path.stem
+
+    def check(where: str, value: Any, kind: type | tuple[type, ...], items: type | None = None) -> None:
+        bad = not isinstance(value, kind) or (items is not None and not all(isinstance(v, items) for v in value))
+        if bad:
+            raise ConfigError(f"config {name!r}: {where} must be {getattr(kind, '__name__', kind)}"
+                              + (f" of {items.__name__}" if items else "") + f", got {value!r}")
+
+    for key in ("root_classes", "stages"):
+        check(key, raw.get(key, []), list, str)
+    check("requires", raw.get("requires", {}), dict, None)
     targets = []
     for i, t in enumerate(raw.get("targets", [])):
         unknown = set(t) - _TARGET_KEYS
         if unknown or "role" not in t or "pattern" not in t:
             raise ConfigError(f"config {name!r} target #{i}: needs role and pattern; unknown keys {sorted(unknown)}")
+        for key, kind in (("role", str), ("pattern", str), ("stage", str), ("required", bool), ("step", bool),
+                          ("on_enter", str), ("on_exit", str), ("axis", str), ("select", bool)):
+            if key in t:
+                check(f"target #{i} {key}", t[key], kind)
+        if "classes" in t:
+            check(f"target #{i} classes", t["classes"], list, str)
         targets.append(Target(role=t["role"], pattern=t["pattern"], stage=t.get("stage"),
                               classes=tuple(t.get("classes", ())), required=t.get("required", True),
                               step=t.get("step", False), on_enter=t.get("on_enter"), on_exit=t.get("on_exit"),

@@ -142,11 +142,11 @@ def _event_from_dict(data: dict[str, Any]) -> CallEvent:
     if data["phase"] not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {data['phase']!r}")
     for name in ("seq", "step", "call_index"):
-        if not isinstance(data[name], int) or data[name] < (1 if name == "call_index" else 0):
+        if type(data[name]) is not int or data[name] < (1 if name == "call_index" else 0):
             raise ValueError(f"{name} must be a non-negative int (call_index >= 1), got {data[name]!r}")
     parent = data["parent"]
     if parent is not None:
-        if not (isinstance(parent, list) and len(parent) == 2 and isinstance(parent[1], int)):
+        if not (isinstance(parent, list) and len(parent) == 2 and type(parent[1]) is int):
             raise ValueError(f"parent must be null or [address, call_index], got {parent!r}")
         parent = (str(parent[0]), parent[1])
     return CallEvent(

@@ -152,6 +152,7 @@ def test_auto_config_says_which(v1_model, caplog):
      "missing fields"),
     (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "phase": "warmup"})], "phase must be one of"),
     (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "call_index": 0})], "call_index"),
+    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "seq": True})], "seq must be"),
     (lambda lines: [], "empty file"),
 ])
 def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, message):
@@ -177,6 +178,12 @@ def test_config_errors_surface_at_load_time(tmp_path):
         load_config(path)
     path.write_text('[[targets]]\nrole = "x"\npatern = "lm_head"\n')
     with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(path)
+    path.write_text('[[targets]]\nrole = "x"\npattern = "lm_head"\nclasses = "Linear"\n')
+    with pytest.raises(ConfigError, match="target #0 classes must be list of str"):
+        load_config(path)
+    path.write_text('[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = "yes"\n')
+    with pytest.raises(ConfigError, match="target #0 step must be bool"):
         load_config(path)
     assert load_config("deepseek_ocr_v1").step_target.role == "step"
 

@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
     p.add_argument("--prompt", default="<image>\nFree OCR.", help="prompt with one <image> tag")
     p.add_argument("--mode", choices=sorted(V1_MODES), default="gundam", help="DeepSeek-OCR v1 resolution mode")
-    p.add_argument("--max-new-tokens", type=int, default=4, help="tokens to generate (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=4,
+                   help="tokens to generate (default 4; v1's own infer() keeps its own limit)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2 (model default when omitted)")
@@ -132,12 +133,10 @@ def hub_session(args: argparse.Namespace) -> Session:
             return model.infer(tokenizer, prompt=args.prompt, image_file=str(args.image), output_path=str(args.out),
                                save_results=False, eval_mode=True, **mode)
 
-        if torch.device(args.device).type == "cpu":
-            # v1's infer() and forward call .cuda(); on CPU users no-op it (reference facts). Only for this run.
-            return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode}, .cuda() as a no-op)",
-                           args.config, cuda_noop=True)
-
-        return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode})", args.config)
+        # v1's infer() and forward call .cuda(); on CPU users no-op it (reference facts), for this run only
+        on_cpu = torch.device(args.device).type == "cpu"
+        return Session(model, run, f"{args.model} (v1 remote code, mode {args.mode}"
+                       + (", .cuda() as a no-op)" if on_cpu else ")"), args.config, cuda_noop=on_cpu)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}

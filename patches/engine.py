@@ -123,11 +123,11 @@ class Instrumentation:
                                        f"{_LIVE[id(model)].config.name!r}; uninstrument it first")
         self.bindings = resolve(model, config)
         self.addresses = {id(m): a for a, m, _ in self.bindings}
-        shared = [a for a, m, _ in self.bindings if id(m) in _BOUND]
+        shared = [(a, m) for a, m, _ in self.bindings if id(m) in _BOUND]
         if shared:
-            other = _BOUND[id(next(m for a, m, _ in self.bindings if a == shared[0]))][1]
-            raise InstrumentationError(f"modules {shared[:5]} are already instrumented as part of another "
-                                       f"{type(other.model).__name__}; a module can belong to one session at a time")
+            other = _BOUND[id(shared[0][1])][1].model
+            raise InstrumentationError(f"modules {[a for a, _ in shared[:5]]} are already instrumented as part of "
+                                       f"another {type(other).__name__}; a module belongs to one session at a time")
         selected = {a.rpartition(".")[0] for a, _, t in self.bindings if t.select}
         containers = {c: len(list(model.get_submodule(c).children())) for c in sorted(selected)}
         self.recorder = Recorder(config.name, type(model).__name__, events_path, containers)

@@ -137,6 +137,17 @@ def test_two_models_share_class_wrappers_without_mixing(v1_model, inputs):
     assert_restored(v1_model, before)
 
 
+def test_a_module_shared_with_a_live_session_is_refused(v1_model):
+    other = load_stub_model(seed=2)
+    other.model.projector = v1_model.model.projector  # the same module instance in two models
+    before = class_attrs(other)
+    with instrument(v1_model, "deepseek_ocr_v1", check_versions=False):
+        with pytest.raises(InstrumentationError, match=r"\['model.projector'\] are already instrumented"):
+            instrument(other, "deepseek_ocr_v1", check_versions=False)
+        assert not is_instrumented(other)
+    assert_restored(other, before)
+
+
 def test_auto_config_says_which(v1_model, caplog):
     with caplog.at_level("INFO", logger="loopmeta"):
         with instrument(v1_model, check_versions=False):

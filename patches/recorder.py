@@ -109,7 +109,6 @@ class Recorder:
         self.header = SessionHeader(session=self.session, config=config_name, model_class=model_class,
                                     versions=versions, containers=dict(containers or {}))
         self.events: list[CallEvent] = []
-        self.extract_errors: list[str] = []
         self.state: dict[str, Any] = {}
         self._writer = EventWriter(events_path, self.header) if events_path else None
         self._counts: Counter[str] = Counter()
@@ -118,10 +117,6 @@ class Recorder:
         self._phase = "prefill"
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
-
-    @property
-    def events_path(self) -> Path | None:
-        return self._writer.path if self._writer else None
 
     def current(self) -> Call | None:
         return self._stack.get()
@@ -146,9 +141,7 @@ class Recorder:
         if target.step:
             phase = call.lane.get("phase")
             if phase not in ("prefill", "decode"):
-                message = f"{address}:{call.index}: the step extractor gave phase {phase!r}"
-                call.lane.setdefault("extract_error", message)
-                self.extract_errors.append(message)
+                call.lane.setdefault("extract_error", f"{address}:{call.index}: the step extractor gave phase {phase!r}")
                 phase = "prefill" if step == 0 else "decode"
             self._phase = call.phase = phase
         return call, self._stack.set(call)
@@ -180,9 +173,7 @@ class Recorder:
         try:
             call.lane.update(fn(call, *result) or {})
         except Exception as exc:  # an extractor bug must not break the user's inference; the merge refuses it
-            message = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
-            call.lane["extract_error"] = message
-            self.extract_errors.append(message)
+            call.lane["extract_error"] = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
 
     def close(self) -> None:
         if self._writer:

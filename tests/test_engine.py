@@ -177,25 +177,23 @@ def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, m
         read_events(path)
 
 
-def test_config_errors_surface_at_load_time(tmp_path):
+@pytest.mark.parametrize("toml, message", [
+    ('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\non_enter = "missing"\n',
+     "extractor 'missing' is not a function of adapter 'adapter'"),
+    ('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstage = "b"\n', "names stage 'b', not in stages"),
+    ('[[targets]]\nrole = "x"\npatern = "lm_head"\n', "unknown keys"),
+    ('[[targets]]\nrole = "x"\npattern = "lm_head"\nclasses = "Linear"\n', "target #0 classes must be list of str"),
+    ('[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = "yes"\n', "target #0 step must be bool"),
+])
+def test_config_errors_surface_at_load_time(tmp_path, toml, message):
     (tmp_path / "adapter.py").write_text("def ok(call):\n    return {}\n")
     path = tmp_path / "m.toml"
-    path.write_text('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\n'
-                    'on_enter = "missing"\n')
-    with pytest.raises(ConfigError, match="extractor 'missing' is not a function of adapter 'adapter'"):
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
         load_config(path)
-    path.write_text('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstage = "b"\n')
-    with pytest.raises(ConfigError, match="names stage 'b', not in stages"):
-        load_config(path)
-    path.write_text('[[targets]]\nrole = "x"\npatern = "lm_head"\n')
-    with pytest.raises(ConfigError, match="unknown keys"):
-        load_config(path)
-    path.write_text('[[targets]]\nrole = "x"\npattern = "lm_head"\nclasses = "Linear"\n')
-    with pytest.raises(ConfigError, match="target #0 classes must be list of str"):
-        load_config(path)
-    path.write_text('[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = "yes"\n')
-    with pytest.raises(ConfigError, match="target #0 step must be bool"):
-        load_config(path)
+
+
+def test_builtin_config_names_its_step_target():
     assert load_config("deepseek_ocr_v1").step_target.role == "step"
 
 

@@ -1,6 +1,6 @@
 """Alignment of a session's events with a TorchLens trace of its first steps (the probe).
 
-For the steps the probe traced (one per call of the root module in the trace), every instrumented node must have
+For the steps the probe traced (one per call of the step address in the trace), every instrumented node must have
 the same number of calls on both sides, and each event `address:k` must line up with TorchLens's call `address:k`:
 same class, the same tensor input shapes in the same order, and the same nearest instrumented ancestor as parent.
 The one allowed gap: a call that runs no tensor op is absent from TorchLens (it lands in `uncalled`), so nodes
@@ -13,44 +13,40 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-from ..patches.events import CallEvent
-from .merger import MergeError
-
-
-class AlignmentError(MergeError):
-    """Events and the TorchLens trace disagree."""
+from ..errors import AlignmentError
+from ..events.schema import CallEvent
+from .calltree import counts, from_trace
 
 
 def _brief(shapes: list[tuple[int, ...]]) -> str:
     return "[" + ", ".join(str(s) for s in shapes[:4]) + (f", ... {len(shapes)} in all]" if len(shapes) > 4 else "]")
 
 
+def _name(key: tuple[str, int] | None) -> str:
+    return "none" if key is None else f"{key[0] or '<root>'}:{key[1]}"
+
+
 def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str], step_address: str = "") -> dict[str, Any]:
     """Check the events of the traced steps (one per call of `step_address`) against the trace; return a summary."""
     instrumented = set(instrumented)
-    steps = tree.num_calls(step_address)
+    traced = counts(from_trace(tree))
+    steps = traced.get(step_address, 0)
     ran = len({e.step for e in events if e.address == step_address})
     if steps > ran:
         raise AlignmentError(f"the TorchLens probe traced {steps} steps but the session ran {ran}: the probe must "
                              "repeat the session's first steps, not more")
     window = [e for e in events if e.step < steps]
-    problems: list[str] = []
-    ev_counts = Counter(e.address for e in window)
-    events_only = sorted(a for a in instrumented if ev_counts[a] and not tree.num_calls(a) and a in tree.uncalled
+    recorded = Counter(e.address for e in window)
+    events_only = sorted(a for a in instrumented if recorded[a] and not traced.get(a) and a in tree.uncalled
                          and all(not e.outputs for e in window if e.address == a))
-    for address in sorted(instrumented):
-        if address in events_only:
-            continue
-        if ev_counts[address] != tree.num_calls(address):
-            problems.append(f"{address or '<root>'}: {ev_counts[address]} calls in the events of steps "
-                            f"0..{steps - 1}, {tree.num_calls(address)} in the TorchLens trace")
+    problems = [f"{a or '<root>'}: {recorded[a]} calls in the events of steps 0..{steps - 1}, {traced.get(a, 0)} in "
+                "the TorchLens trace" for a in sorted(instrumented - set(events_only))
+                if recorded[a] != traced.get(a, 0)]
     for e in sorted(window, key=lambda e: e.seq):
-        if e.address in events_only:
-            continue
         call = tree.calls.get(e.key)
-        name = f"{e.address or '<root>'}:{e.call_index}"
-        if call is None:
-            continue  # already reported as a count difference
+        if e.address in events_only or call is None:  # a missing call is already reported as a count difference
+            continue
+        name = _name(e.key)
         if call.class_name != e.class_name:
             problems.append(f"{name}: class {e.class_name} in the events, {call.class_name} in the trace")
         ev_shapes, tl_shapes = [tuple(t.shape) for t in e.inputs], [tuple(s) for s in call.input_shapes]
@@ -60,10 +56,9 @@ def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str], step_
         while parent is not None and parent[0] not in instrumented:
             parent = tree.calls[parent].parent
         if parent != e.parent:
-            fmt = lambda p: "none" if p is None else f"{p[0] or '<root>'}:{p[1]}"  # noqa: E731
-            problems.append(f"{name}: parent call {fmt(e.parent)} in the events, {fmt(parent)} in the trace")
+            problems.append(f"{name}: parent call {_name(e.parent)} in the events, {_name(parent)} in the trace")
     if problems:
         raise AlignmentError(f"events and the TorchLens trace disagree ({len(problems)} problems):\n  "
                              + "\n  ".join(problems[:40]))
-    return {"traced_steps": steps, "events_aligned": len(window) - sum(ev_counts[a] for a in events_only),
+    return {"traced_steps": steps, "events_aligned": len(window) - sum(recorded[a] for a in events_only),
             "events_only": events_only}

@@ -1,6 +1,6 @@
 """Loop inference: turn a call tree into a loop nest of `call`, `for`, `parfor` and `select` nodes.
 
-Rules (shared/reference/semantics.md), applied to the children of every call:
+Rules (docs/semantics.md), applied to the children of every call:
 - the same address called n > 1 times inside one parent call is `parfor n`; iterations whose bodies differ are
   kept as separate variants (the prefill step with vision, the decode steps without);
 - sibling addresses `P.i` (one container P) called once each are a `for` over the members; members whose bodies
@@ -10,7 +10,7 @@ Rules (shared/reference/semantics.md), applied to the children of every call:
 - a batch is never a loop: a call with batch 6 is one call.
 Bodies of equal shape (addresses relative to the member, select picks and lanes ignored) collapse into one
 representative; per-instance data (lanes, picks) is concatenated in expansion order, so `expand()` reproduces
-every per-node call count exactly.
+every per-node call count exactly; `check_exact` is the acceptance test of every loop nest.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..errors import ExactnessError
 from .calltree import Node
 
 
@@ -38,13 +39,14 @@ class Loop:
     bound: int  # call 1, for N, parfor N, select: largest k seen
     container: str | None = None  # for / select: the container whose members are iterated
     members: list[int] = field(default_factory=list)  # for: member indices; select: every index ever picked
-    total: int | None = None  # select: members the container has (M), when known
+    container_size: int | None = None  # select: members the container has (M), when known
     axis: str | None = None
     role: str | None = None
     stage: str | None = None
     lanes: list[dict[str, Any]] = field(default_factory=list)  # one per iteration, all instances, expansion order
     picks: list[list[int]] = field(default_factory=list)  # select: member indices picked, one list per instance
     variants: list[Variant] = field(default_factory=list)
+    distinguish: list[str] = field(default_factory=list)  # lane keys that tell members apart (for: shown per range)
 
     @property
     def body(self) -> list[Loop]:
@@ -53,14 +55,16 @@ class Loop:
 
 @dataclass
 class Hints:
-    """What a model config adds: roles that are selections, axis labels per role, container sizes (M).
+    """What a model config adds: roles that are selections, axis labels and member-distinguishing lane keys per
+    role, container sizes (the M of `select k of M`).
 
     Without a config (`select_roles is None`), a selection is inferred only where the members that ran leave a gap
     (`experts.1, experts.4`); a contiguous run is a `for`, since data dependence cannot be seen from one trace."""
 
     select_roles: frozenset[str] | None = None
     axes: dict[str, str] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
+    distinguish: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    container_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _member(address: str) -> tuple[str, int] | None:
@@ -114,25 +118,26 @@ class LoopBuilder:
         by_address: dict[str, list[Node]] = {}
         for c in calls:
             by_address.setdefault(c.address, []).append(c)
-        containers: dict[str, list[Node]] = {}
+        stacks: dict[str, list[Node]] = {}  # container -> its members called once each
         order: list[tuple[str, str]] = []  # (kind of group, key) in order of first appearance
         for address, group in by_address.items():
             member = _member(address)
             if len(group) == 1 and member is not None:
-                if member[0] not in containers:
-                    containers[member[0]] = []
+                if member[0] not in stacks:
+                    stacks[member[0]] = []
                     order.append(("stack", member[0]))
-                containers[member[0]].append(group[0])
+                stacks[member[0]].append(group[0])
             else:
                 order.append(("node", address))
         loops: list[Loop] = []
         for kind, key in order:
-            loops.extend(self._node(by_address[key]) if kind == "node" else self._stack(key, containers[key]))
+            loops.extend(self._node(by_address[key]) if kind == "node" else self._stack(key, stacks[key]))
         return loops
 
     def _label(self, loop: Loop, node: Node) -> Loop:
         loop.role, loop.stage = node.role, node.stage
         loop.axis = self.hints.axes.get(node.role or "")
+        loop.distinguish = list(self.hints.distinguish.get(node.role or "", ()))
         return loop
 
     def _node(self, calls: list[Node]) -> list[Loop]:
@@ -161,13 +166,13 @@ class LoopBuilder:
             is_select = indices != list(range(indices[0], indices[0] + len(indices)))
         else:
             is_select = calls[0].role in self.hints.select_roles
-        total = self.hints.sizes.get(container)
+        size = self.hints.container_sizes.get(container)
         bodies = [self.build(c.children) for _, c in members]
         sigs = [(c.class_name, signature(b, c.address)) for (_, c), b in zip(members, bodies)]
         if is_select and len(set(sigs)) == 1:
             first = members[0][1]
             loop = Loop("select", first.address, first.class_name, len(members), container=container,
-                        members=sorted(indices), total=total,
+                        members=sorted(indices), container_size=size,
                         lanes=[dict(c.lane) for _, c in members], picks=[[i for i, _ in members]],
                         variants=[Variant(list(range(len(members))), bodies[0])])
             for body in bodies[1:]:
@@ -233,3 +238,12 @@ def walk(loops: Iterable[Loop]) -> Iterable[Loop]:
         yield loop
         for v in loop.variants:
             yield from walk(v.body)
+
+
+def check_exact(loops: list[Loop], observed: dict[str, int], what: str = "report") -> None:
+    """Expanding `loops` must give exactly the `observed` calls of every node; `ExactnessError` lists each difference."""
+    got = expand(loops)
+    diffs = [f"  {node or '<root>'}: observed {observed.get(node, 0)} calls, {what} expands to {got.get(node, 0)}"
+             for node in sorted(set(got) | set(observed)) if got.get(node, 0) != observed.get(node, 0)]
+    if diffs:
+        raise ExactnessError(f"{what} is not exact ({len(diffs)} nodes differ):\n" + "\n".join(diffs[:50]))

@@ -1,10 +1,10 @@
-"""Extractors for DeepSeek-OCR 2 as shipped natively by transformers (`transformers.models.deepseek_ocr2`).
+"""Extractors and session driver for DeepSeek-OCR 2 as shipped natively by transformers (config `deepseek_ocr2_hf`).
 
-Facts used (shared/reference/deepseek-ocr2-transformers.md): the vision tower runs once on the global views
+Facts used (docs/models/deepseek-ocr2-transformers.md): the vision tower runs once on the global views
 (1024x1024, batch = images) and, when any image has crops, once on all crops (768x768, batch = sum of crops),
 global first; in `generate()` this happens before the first forward. Experts are weight tensors, not modules, so
-the experts hit are read from the router's top-k ids: the one documented tensor read of loopmeta (one host copy per
-MoE call; switch it off with `instrument(..., options={"expert_ledger": False})`).
+the experts hit are read from the router's top-k ids: the one documented tensor read of this config (one host copy
+per MoE call; switch it off with `instrument(..., options={"expert_ledger": False})`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from loopmeta.model_configs.lanes import decoder_layer  # noqa: F401  (extractors named in the TOML)
-from loopmeta.model_configs.lanes import step_lane as causal_lm_step  # noqa: F401
-from loopmeta.model_configs.lanes import tokens_in as tokens  # noqa: F401
-from loopmeta.model_configs.lanes import window_attention as sam_layer  # noqa: F401
-from loopmeta.model_configs.lanes import resolution
+from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT
+from .hf import generate_probe, image_text_session  # noqa: F401  (the [session] functions named in the TOML)
+from .shapes import decoder_layer, resolution  # noqa: F401  (extractors named in the TOML)
+from .shapes import step_lane as causal_lm_step  # noqa: F401
+from .shapes import tokens_in as tokens  # noqa: F401
+from .shapes import window_attention as sam_layer  # noqa: F401
 
-GLOBAL_SIZE, TILE_SIZE = 1024, 768
-
+GLOBAL_SIZE, TILE_SIZE = 1024, 768  # pixels of a global view and of a crop
+GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in the vendor model)
 
 
 def vision_view(call: Any) -> dict[str, Any]:
@@ -29,11 +30,7 @@ def vision_view(call: Any) -> dict[str, Any]:
     views = {GLOBAL_SIZE: "global", TILE_SIZE: "local"}
     if size not in views:
         raise ValueError(f"vision input of {size}x{size}: neither a global view ({GLOBAL_SIZE}) nor a crop ({TILE_SIZE})")
-    view = views[size]
-    return {"view": view, "batch": int(x.shape[0]), "resolution": resolution(x)}
-
-
-GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in the vendor model)
+    return {"view": views[size], "batch": int(x.shape[0]), "resolution": resolution(x)}
 
 
 def projector_view(call: Any) -> dict[str, Any]:
@@ -44,8 +41,7 @@ def projector_view(call: Any) -> dict[str, Any]:
     if n not in views:
         raise ValueError(f"projector input of {n} tokens: neither a global view ({GLOBAL_TOKENS}) nor a crop "
                          f"({TILE_TOKENS})")
-    view = views[n]
-    return {"view": view, "batch": int(x.shape[0]), "tokens": n}
+    return {"view": views[n], "batch": int(x.shape[0]), "tokens": n}
 
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:
@@ -55,16 +51,15 @@ def router_topk(call: Any, result: Any) -> dict[str, Any]:
     ids = result[2]
     counts = Counter(e for row in ids.tolist() for e in row)  # the one host copy
     hit = sorted(counts)
-    return {"router": {"experts_hit": hit, "tokens_per_expert": [counts[e] for e in hit],
-                       "experts_total": int(call.module.num_experts), "top_k": int(call.module.top_k),
+    return {"router": {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit],
+                       EXPERTS_TOTAL: int(call.module.num_experts), "top_k": int(call.module.top_k),
                        "tokens": int(ids.shape[0])}}
 
 
 def moe_done(call: Any, result: Any) -> dict[str, Any]:
     """The MoE call carries its router's ledger and the experts implementation in use."""
-    lane = {"experts_implementation": getattr(call.module.experts.config, "_experts_implementation", None)}
+    lane = {EXPERTS_IMPLEMENTATION: getattr(call.module.experts.config, "_experts_implementation", None)}
     gate = [c for c in call.children if c.role == "llm.moe.gate"]
     if gate and "router" in gate[0].lane:
         lane.update(gate[0].lane["router"])
-        lane["k"] = len(lane["experts_hit"])
     return lane

@@ -1,19 +1,26 @@
-"""Extractors for DeepSeek-OCR v1 (Hugging Face remote code). Shapes and Python values only.
+"""Extractors and session driver for DeepSeek-OCR v1, Hugging Face remote code (config `deepseek_ocr_v1`).
 
-Facts used (shared/reference/deepseek-ocr-v1.md): per sample, local crops batched into one call then the global
-view; crops are present when the crop batch has 2 or more images (the no-crop placeholder is one zero image);
-`images_spatial_crop` holds the grid (w, h) per sample and is read only when it lives on the CPU.
+Facts used (docs/models/deepseek-ocr-v1.md): per sample, local crops batched into one call then the global view;
+crops are present when the crop batch has 2 or more images (the no-crop placeholder is one zero image);
+`images_spatial_crop` holds the grid (w, h) per sample and is read only when it lives on the CPU. Sessions run the
+vendor's own `infer()` with the settings of a resolution mode (`[session.modes]` in the TOML).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
-from loopmeta.model_configs.lanes import decoder_layer  # noqa: F401  (extractors named in the TOML)
-from loopmeta.model_configs.lanes import step_lane as causal_lm_step  # noqa: F401
-from loopmeta.model_configs.lanes import tokens_in as tokens  # noqa: F401
-from loopmeta.model_configs.lanes import window_attention as sam_block  # noqa: F401
-from loopmeta.model_configs.lanes import first_tensor, index_of, resolution
+from ..common.attributes import swapped
+from ..errors import SessionError
+from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT
+from .hf import generate_probe  # noqa: F401  (the [session] probe named in the TOML)
+from .sessions import Session, SessionRequest
+from .shapes import decoder_layer  # noqa: F401  (extractors named in the TOML)
+from .shapes import first_tensor, index_of, resolution
+from .shapes import step_lane as causal_lm_step  # noqa: F401
+from .shapes import tokens_in as tokens  # noqa: F401
+from .shapes import window_attention as sam_block  # noqa: F401
 
 
 def ocr_model_views(call: Any) -> dict[str, Any]:
@@ -42,8 +49,7 @@ def ocr_model_views(call: Any) -> dict[str, Any]:
 
 
 def ocr_model_done(call: Any, result: Any) -> dict[str, Any]:
-    return {"vision_ran": any(c.role == "vision.sam" for c in call.children),
-            "layers_run": sum(1 for c in call.children if c.role == "llm.layer")}
+    return {"vision_ran": any(c.role == "vision.sam" for c in call.children)}
 
 
 def view_lane(call: Any) -> dict[str, Any]:
@@ -69,8 +75,8 @@ def moe_selection(call: Any, result: Any) -> dict[str, Any]:
     hits = sorted((index_of(e.address), e.lane["tokens"]) for e in call.children if e.role == "llm.moe.expert")
     h = call.args[0]
     return {"tokens": int(h.shape[0] * h.shape[1]) if len(h.shape) == 3 else int(h.shape[0]),
-            "experts_total": len(call.module.experts), "top_k": getattr(call.module.gate, "top_k", None),
-            "k": len(hits), "experts_hit": [i for i, _ in hits], "tokens_per_expert": [t for _, t in hits]}
+            EXPERTS_TOTAL: len(call.module.experts), "top_k": getattr(call.module.gate, "top_k", None),
+            EXPERTS_HIT: [i for i, _ in hits], TOKENS_PER_EXPERT: [t for _, t in hits]}
 
 
 def quick_gelu(x: Any) -> Any:
@@ -78,3 +84,45 @@ def quick_gelu(x: Any) -> Any:
     import torch
 
     return x * torch.sigmoid(1.702 * x)
+
+
+@contextlib.contextmanager
+def cuda_as_noop() -> Iterator[None]:
+    """`Tensor.cuda()` returns the tensor itself while active: the vendor code calls it unconditionally, so on a CPU
+    users make it a no-op (docs/models/deepseek-ocr-v1.md#cpu)."""
+    import torch
+
+    with swapped((torch.Tensor, "cuda", lambda self, *args, **kwargs: self)):
+        yield
+
+
+def infer_session(request: SessionRequest, config: Any) -> Session:
+    """Load the remote-code model and its tokenizer; the session is the vendor's `infer()` on one image file."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    modes = config.session.modes
+    mode = request.mode or config.session.default_mode
+    if mode not in modes:
+        raise SessionError(f"unknown mode {mode!r} for {config.name}: use --mode with one of {', '.join(modes)}")
+    if request.image is None:
+        raise SessionError(f"{config.name} runs its own infer() on an image file: pass --image")
+    if not request.image.is_file():
+        raise SessionError(f"image {request.image} not found: pass an existing image file with --image")
+    common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
+    try:
+        model = AutoModel.from_pretrained(request.model, _attn_implementation=request.attn_implementation or "eager",
+                                          torch_dtype=getattr(torch, request.dtype), **common)
+        tokenizer = AutoTokenizer.from_pretrained(request.model, **common)
+    except (OSError, ValueError, ImportError) as exc:
+        raise SessionError(f"cannot load {request.model!r}: {exc}") from None
+    model = model.eval().to(request.device)
+
+    def run() -> Any:
+        return model.infer(tokenizer, prompt=request.prompt, image_file=str(request.image),
+                           output_path=str(request.out), save_results=False, eval_mode=True, **modes[mode])
+
+    on_cpu = torch.device(request.device).type == "cpu"
+    return Session(model, run, f"{request.model} ({config.name}, mode {mode}" + (", .cuda() as a no-op)" if on_cpu
+                                                                               else ")"),
+                   context=cuda_as_noop if on_cpu else contextlib.nullcontext)

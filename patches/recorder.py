@@ -3,42 +3,29 @@
 Invariants: call indices count per address over the session; the parent stack lives in a `ContextVar`, so
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
 (the model's top-level forward); calls before the first step belong to step 0 (lane `before_first_forward`).
-Wrappers only read shapes, dtypes, devices and Python values.
+Wrappers only read shapes, dtypes, devices and Python values. A failure inside the recorder (a full disk, a bug) is
+kept in `faults` and never reaches the user's forward; a session with faults gets no report.
 """
 
 from __future__ import annotations
 
 import contextvars
 import inspect
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .events import CallEvent, EventWriter, SessionHeader, TensorMeta
+from ..events import lanes
+from ..events.schema import CallEvent, SessionHeader, TensorMeta
+from ..events.stream import EventWriter
+from ..common.tensors import tensor_leaves
 
 
-def tensor_metas(items: Any, prefix: str = "") -> tuple[TensorMeta, ...]:
-    """Metadata of the tensors in a value, in order: lists, tuples and mappings (ModelOutput too) are searched
-    depth-first, other objects (a KV cache) are not; the same rule TorchLens uses for its call summaries."""
-    import torch
-
-    out: list[TensorMeta] = []
-
-    def visit(value: Any, name: str, depth: int) -> None:
-        if isinstance(value, torch.Tensor):
-            out.append(TensorMeta(name, tuple(value.shape), str(value.dtype).removeprefix("torch."),
-                                  str(value.device)))
-        elif depth < 16 and isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                visit(v, f"{name}.{i}" if name else str(i), depth + 1)
-        elif depth < 16 and isinstance(value, dict):
-            for k, v in value.items():
-                visit(v, f"{name}.{k}" if name else str(k), depth + 1)
-
-    visit(items, prefix, 0)
-    return tuple(out)
+def tensor_metas(value: Any) -> tuple[TensorMeta, ...]:
+    """Metadata of the tensors in a value, in the order TorchLens summarises them (common/tensors.py)."""
+    return tuple(TensorMeta(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), str(t.device))
+                 for name, t in tensor_leaves(value))
 
 
 _SIGNATURES: dict[Any, list[str]] = {}
@@ -93,87 +80,89 @@ class Call:
 
 
 class Recorder:
-    """Collects the events of one session, in memory and (optionally) in a JSONL file."""
+    """Collects the events of one session in memory and, when `events_path` is given, in a JSONL file."""
 
-    def __init__(self, config_name: str, model_class: str, events_path: str | Path | None = None,
-                 containers: dict[str, int] | None = None):
-        from importlib import metadata
-
-        versions = {}
-        for package in ("torch", "transformers"):
-            try:
-                versions[package] = metadata.version(package)
-            except metadata.PackageNotFoundError:
-                pass
-        self.session = uuid.uuid4().hex[:12]
-        self.header = SessionHeader(session=self.session, config=config_name, model_class=model_class,
-                                    versions=versions, containers=dict(containers or {}))
+    def __init__(self, header: SessionHeader, events_path: str | Path | None = None,
+                 options: dict[str, Any] | None = None):
+        self.header = header
+        self.session = header.session
         self.events: list[CallEvent] = []
-        self.state: dict[str, Any] = {}
-        self._writer = EventWriter(events_path, self.header) if events_path else None
+        self.faults: list[str] = []
+        self.state: dict[str, Any] = {"options": dict(options or {})}
+        self.steps = 0
+        self._writer = EventWriter(events_path) if events_path else None
         self._counts: Counter[str] = Counter()
         self._seq = 0
-        self.steps = 0
-        self._phase = "prefill"
+        self._phase = lanes.PREFILL
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
+        if self._writer:
+            self._writer.open(header)
 
     def current(self) -> Call | None:
         return self._stack.get()
 
-    def enter(self, address: str, module: Any, forward: Callable[..., Any], args: tuple, kwargs: dict,
-              target: Any, on_enter: Callable | None) -> tuple[Call, contextvars.Token]:
+    def enter(self, binding: Any, module: Any, forward: Callable[..., Any], args: tuple,
+              kwargs: dict) -> tuple[Call, contextvars.Token]:
+        """Start a call of `binding` (address, target, bound extractors); the caller must `exit` it."""
+        target = binding.target
         parent = self._stack.get()
-        self._counts[address] += 1
+        self._counts[binding.address] += 1
+        step = self.steps if target.step else max(self.steps - 1, 0)
         if target.step:
-            step = self.steps
             self.steps += 1
-        else:
-            step = max(self.steps - 1, 0)
-        call = Call(address=address, index=self._counts[address], seq=self._seq, step=step, phase=self._phase,
-                    role=target.role, stage=target.stage, module=module, forward=forward, args=args,
-                    kwargs=kwargs, parent=parent, state=self.state,
+        call = Call(address=binding.address, index=self._counts[binding.address], seq=self._seq, step=step,
+                    phase=self._phase, role=target.role, stage=target.stage, module=module, forward=forward,
+                    args=args, kwargs=kwargs, parent=parent, state=self.state,
                     inputs=tensor_metas(args) + tensor_metas(kwargs))
         self._seq += 1
         if self.steps == 0:
-            call.lane["before_first_forward"] = True
-        self._extract(call, on_enter)
+            call.lane[lanes.BEFORE_FIRST_FORWARD] = True
+        self._extract(call, binding.on_enter)
         if target.step:
-            phase = call.lane.get("phase")
-            if phase not in ("prefill", "decode"):
-                call.lane.setdefault("extract_error", f"{address}:{call.index}: the step extractor gave phase {phase!r}")
-                phase = "prefill" if step == 0 else "decode"
+            phase = call.lane.get(lanes.PHASE)
+            if phase not in lanes.PHASES:
+                call.lane.setdefault(lanes.EXTRACT_ERROR,
+                                     f"{call.address}:{call.index}: the step extractor gave phase {phase!r}")
+                phase = lanes.PREFILL if step == 0 else lanes.DECODE
             self._phase = call.phase = phase
         return call, self._stack.set(call)
 
     def exit(self, call: Call, token: contextvars.Token, result: Any, error: BaseException | None,
-             on_exit: Callable | None) -> None:
+             on_exit: Callable[..., Any] | None) -> None:
         self._stack.reset(token)
         if error is None:
             self._extract(call, on_exit, result)
-        inputs = call.inputs
         event = CallEvent(
             session=self.session, seq=call.seq, step=call.step, phase=call.phase, address=call.address,
             class_name=type(call.module).__name__, call_index=call.index,
             parent=(call.parent.address, call.parent.index) if call.parent else None, role=call.role,
-            stage=call.stage, lane=call.lane, inputs=inputs,
+            stage=call.stage, lane=call.lane, inputs=call.inputs,
             outputs=tensor_metas(result) if error is None else (),
-            device=inputs[0].device if inputs else None,
+            device=call.inputs[0].device if call.inputs else None,
             error=None if error is None else type(error).__name__,
         )
         self.events.append(event)
         if call.parent is not None:
             call.parent.children.append(event)
         if self._writer:
-            self._writer.write(event)
+            try:
+                self._writer.write(event)
+            except OSError as exc:  # a full disk must not break the user's inference; the report refuses it
+                self.fault(f"writing {self._writer.path} failed at {call.address}:{call.index}: {exc}")
+                self._writer = None
 
-    def _extract(self, call: Call, fn: Callable | None, *result: Any) -> None:
+    def _extract(self, call: Call, fn: Callable[..., Any] | None, *result: Any) -> None:
         if fn is None:
             return
         try:
             call.lane.update(fn(call, *result) or {})
         except Exception as exc:  # an extractor bug must not break the user's inference; the merge refuses it
-            call.lane["extract_error"] = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
+            call.lane[lanes.EXTRACT_ERROR] = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
+
+    def fault(self, message: str) -> None:
+        """Keep an internal failure; the session's events are incomplete from here on."""
+        self.faults.append(message)
 
     def close(self) -> None:
         if self._writer:

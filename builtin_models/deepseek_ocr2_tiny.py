@@ -20,21 +20,18 @@ Sizes
     2, 5, 8, 11), encoder 224 wide / 24 layers, LM 320 wide / 12 layers (layer 0 dense, 11 MoE layers with
     64 experts, top-6, 2 shared), real LM vocab 129280. Reproduces the real loop bounds.
 
-Crop rule (facts, see :func:`expected_crops`)
----------------------------------------------
-Global view 1024 (always, one per image); local tiles of 768 only when ``max(W, H) > 768``; grid
-``cols x rows`` with ``2 <= cols*rows <= 6`` minimising ``|W/H - cols/rows|``; on an exact tie the grid
-later in (area, cols) order wins only if ``W*H > 0.5 * 768**2 * cols * rows``. Image tokens per image:
-``256 + 144*K + 1``.
+The crop rule and token counts of the real processor: docs/models/deepseek-ocr2-transformers.md.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from fractions import Fraction
-from typing import NamedTuple
 
 import torch
+
+from ..errors import SessionError
+from ..model_configs.sessions import Session, SessionRequest
+from .pages import load_image
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants shared by the tokenizer and the config
@@ -49,16 +46,6 @@ _WORDS = (
     "a an and of in on is to for with 0 1 2 3 4 5 6 7 8 9 A B C D E F G H I J K L M N O P Q R S T U V W X Y Z"
 ).split()
 TOKENIZER_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(_WORDS)
-
-# Vendor facts (DeepseekOcr2ImageProcessor / DeepseekOcr2Processor defaults).
-GLOBAL_SIZE = 1024
-TILE_SIZE = 768
-MIN_TILES = 2
-MAX_TILES = 6
-PATCH_SIZE = 16
-DOWNSAMPLE = 4
-GLOBAL_TOKENS = (GLOBAL_SIZE // PATCH_SIZE // DOWNSAMPLE) ** 2  # 256
-TILE_TOKENS = (TILE_SIZE // PATCH_SIZE // DOWNSAMPLE) ** 2  # 144
 
 SIZES = ("tiny", "quarter")
 DEFAULT_PROMPT = "<image>\nFree OCR."
@@ -222,11 +209,6 @@ def build_model(
     return model.eval()
 
 
-def experts_implementation_of(model) -> str | None:
-    """The experts implementation the language model's MoE layers use (``"grouped_mm"``, ``"eager"``...)."""
-    return model.config.text_config._experts_implementation
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer and processor
 # ---------------------------------------------------------------------------------------------------------
@@ -304,124 +286,15 @@ def prepare_inputs(processor, image, prompt: str = DEFAULT_PROMPT, dtype: torch.
     return inputs
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Synthetic inputs and expected crop plan
-# ---------------------------------------------------------------------------------------------------------
-def synthetic_page(width: int, height: int, seed: int = 0):
-    """A PIL RGB image that looks like a document page: white, margins, lines of dark 'word' rectangles,
-    an occasional heading and paragraph breaks. Deterministic for ``seed``."""
-    import random
+def builtin_session(request: SessionRequest) -> Session:
+    """The command line's default session: this model at `request.builtin` size, one page, `generate()`."""
+    if not is_available():
+        import transformers
 
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    img = Image.new("RGB", (int(width), int(height)), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    margin_x = max(4, int(width * 0.08))
-    margin_y = max(4, int(height * 0.06))
-    line_h = max(3, int(height / 60))
-    gap = max(2, line_h // 2)
-    y = margin_y
-    first = True
-    while y + line_h < height - margin_y:
-        heading = first or rng.random() < 0.06
-        h = int(line_h * 1.6) if heading else line_h
-        if y + h >= height - margin_y:
-            break
-        x = margin_x
-        right = width - margin_x if not heading else margin_x + int((width - 2 * margin_x) * rng.uniform(0.3, 0.6))
-        if not heading and rng.random() < 0.15:  # last line of a paragraph
-            right = margin_x + int((width - 2 * margin_x) * rng.uniform(0.2, 0.8))
-        while x < right:
-            w = max(2, int(line_h * rng.uniform(1.0, 5.0)))
-            if x + w > right:
-                break
-            shade = rng.randint(0, 70)
-            draw.rectangle([x, y, x + w, y + h - 1], fill=(shade, shade, shade))
-            x += w + max(2, int(line_h * 0.6))
-        y += h + gap
-        if not heading and rng.random() < 0.12:  # paragraph break
-            y += line_h
-        first = False
-    return img
-
-
-class CropPlan(NamedTuple):
-    """Crop plan of one image: grid ``cols x rows`` (0 x 0 without crops), ``num_crops`` K = cols*rows,
-    and ``image_tokens`` = 256 + 144*K + 1."""
-
-    cols: int
-    rows: int
-    num_crops: int
-    image_tokens: int
-
-
-def candidate_grids(min_tiles: int = MIN_TILES, max_tiles: int = MAX_TILES) -> list[tuple[int, int]]:
-    """(cols, rows) with ``min_tiles <= cols*rows <= max_tiles``, ordered by area, then cols."""
-    grids = [
-        (c, r)
-        for c in range(1, max_tiles + 1)
-        for r in range(1, max_tiles + 1)
-        if min_tiles <= c * r <= max_tiles
-    ]
-    return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
-
-
-def expected_crops(
-    width: int,
-    height: int,
-    tile: int = TILE_SIZE,
-    min_tiles: int = MIN_TILES,
-    max_tiles: int = MAX_TILES,
-    exact: bool = False,
-) -> CropPlan:
-    """The crop plan computed from the stated rule, without calling the processor.
-
-    No crops when ``max(W, H) <= tile``. Otherwise the grid minimising ``|W/H - cols/rows|``; on a tie the
-    grid later in (area, cols) order replaces the current best only if ``W*H > 0.5 * tile**2 * cols * rows``.
-
-    ``exact=False`` (default) compares the differences as Python floats, as the vendor code does, so that
-    ties are float ties; ``exact=True`` uses rational arithmetic. They differ on a few sizes whose aspect ratio
-    is exactly half-way between two grids but the float differences are not equal (e.g. 1105 x 2652: exact
-    tie between 1x3 and 1x2, float picks 1x2; 8 of ~174 k sizes swept between 100 and 4000 px).
-    """
-    width, height = int(width), int(height)
-    if max(width, height) <= tile:
-        return CropPlan(0, 0, 0, GLOBAL_TOKENS + 1)
-    aspect = Fraction(width, height) if exact else width / height
-    area = width * height
-    best, best_diff = None, None
-    for cols, rows in candidate_grids(min_tiles, max_tiles):
-        diff = abs(aspect - (Fraction(cols, rows) if exact else cols / rows))
-        if best_diff is None or diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and 2 * area > tile * tile * cols * rows:
-            best = (cols, rows)
-    cols, rows = best
-    k = cols * rows
-    return CropPlan(cols, rows, k, GLOBAL_TOKENS + TILE_TOKENS * k + 1)
-
-
-def expected_image_tokens(num_crops: int) -> int:
-    return GLOBAL_TOKENS + TILE_TOKENS * int(num_crops) + 1
-
-
-__all__ = [
-    "CropPlan",
-    "DEFAULT_PROMPT",
-    "IMAGE_TOKEN",
-    "IMAGE_TOKEN_ID",
-    "SIZES",
-    "build_image_processor",
-    "build_model",
-    "build_processor",
-    "build_tokenizer",
-    "candidate_grids",
-    "expected_crops",
-    "expected_image_tokens",
-    "experts_implementation_of",
-    "is_available",
-    "prepare_inputs",
-    "synthetic_page",
-    "tiny_config",
-]
+        raise SessionError(f"the built-in model needs transformers 5.x with deepseek_ocr2; installed "
+                           f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
+    model = build_model(request.builtin, dtype=getattr(torch, request.dtype),
+                        experts_implementation=request.experts_implementation).to(request.device)
+    inputs = prepare_inputs(build_processor(), load_image(request.image), request.prompt).to(request.device)
+    return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
+                   f"built-in {request.builtin} random-weight DeepSeek-OCR 2")

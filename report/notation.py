@@ -1,14 +1,15 @@
-"""Text and Markdown forms of a report: one line per loop, indented by nesting, lanes labelled."""
+"""Loop notation: the one-line textual forms of loops that the report's stage view and every writer share.
+
+`model.vision_tower parfor 2`, `model.layers[1..11] for 11`, `model.layers[i].mlp.experts[*] select 2..6 of 64`;
+inside a `for` or `select`, the representative member reads as an index variable (`layers[i]`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .loops import Loop, substitute
-from .report import Report
-
-# lane keys that every event lane carries; shown once per step, not on every loop
-_QUIET = {"step", "phase", "before_first_forward"}
+from ..events.lanes import BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, STEP, STEP_KEYS
+from ..merge.loops import Loop, substitute
 
 
 def name(address: str, class_name: str = "") -> str:
@@ -16,18 +17,18 @@ def name(address: str, class_name: str = "") -> str:
 
 
 def fmt_lane(lane: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_v(v)}" for k, v in lane.items() if k not in _QUIET)
+    return " ".join(f"{k}={value_text(v)}" for k, v in lane.items() if k not in STEP_KEYS)
 
 
-def _v(value: Any) -> str:
+def value_text(value: Any) -> str:
     if isinstance(value, list):
-        return "[" + ",".join(_v(x) for x in value) + "]"
+        return "[" + ",".join(value_text(x) for x in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_v(x)}" for k, x in value.items()) + "}"
+        return "{" + ",".join(f"{k}:{value_text(x)}" for k, x in value.items()) + "}"
     return str(value)
 
 
-def _ranges(indices: list[int]) -> str:
+def ranges(indices: list[int]) -> str:
     out, start = [], None
     for i, x in enumerate(indices):
         if start is None:
@@ -39,16 +40,16 @@ def _ranges(indices: list[int]) -> str:
 
 
 def varying(loop: Loop) -> str:
-    """Lane keys whose values differ between the members of one `for` instance (e.g. global vs window blocks)."""
+    """The loop's `distinguish` keys whose values differ between the members of one `for` instance (e.g. global
+    vs window attention), each value with the members that have it."""
     members = loop.lanes[: loop.bound]
-    keys = [k for k in (members[0] if members else {}) if k not in _QUIET
-            and len({_v(m.get(k)) for m in members}) > 1 and not k.endswith(("_len", "tokens", "batch"))]
+    keys = [k for k in loop.distinguish if len({value_text(m.get(k)) for m in members}) > 1]
     parts = []
     for k in keys:
         groups: dict[str, list[int]] = {}
         for idx, m in zip(loop.members, members):
-            groups.setdefault(_v(m.get(k)), []).append(idx)
-        parts.append(f"{k}: " + "; ".join(f"{v} at [{_ranges(ix)}]" for v, ix in groups.items()))
+            groups.setdefault(value_text(m.get(k)), []).append(idx)
+        parts.append(f"{k}: " + "; ".join(f"{v} at [{ranges(ix)}]" for v, ix in groups.items()))
     return " | ".join(parts)
 
 
@@ -72,11 +73,11 @@ def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> s
     """The loop's own line without lanes: `model.sam_model parfor 2`, `model.layers[1..11] for 11`; `steps`
     restricts the data-dependent counts (experts selected) to those steps."""
     address = name(substitute(loop.address, subs), loop.class_name)
-    hits = [len(lane["experts_hit"]) for lane in loop.lanes
-            if "experts_hit" in lane and (steps is None or lane.get("step") in steps)]
+    hits = [len(lane[EXPERTS_HIT]) for lane in loop.lanes
+            if EXPERTS_HIT in lane and (steps is None or lane.get(STEP) in steps)]
     if hits and loop.kind == "call":  # a MoE call whose experts are not modules (the ledger lives in its lanes)
         k = str(hits[0]) if len(set(hits)) == 1 else f"{min(hits)}..{max(hits)}"
-        total = loop.lanes[0].get("experts_total")
+        total = loop.lanes[0].get(EXPERTS_TOTAL)
         return f"{address} (experts: select {k}" + (f" of {total})" if total is not None else ")")
     if loop.kind == "call":
         return address
@@ -84,10 +85,10 @@ def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> s
         return f"{address} parfor {loop.bound}"
     container = _container(loop, subs)
     if loop.kind == "for":
-        return f"{container}[{_ranges(loop.members)}] for {loop.bound}"
-    of = f" of {loop.total}" if loop.total is not None else ""
+        return f"{container}[{ranges(loop.members)}] for {loop.bound}"
+    of = f" of {loop.container_size}" if loop.container_size is not None else ""
     ks = [len(p) for p, lane in zip(loop.picks, _pick_lanes(loop))
-          if steps is None or lane.get("step") in steps] or [len(p) for p in loop.picks]
+          if steps is None or lane.get(STEP) in steps] or [len(p) for p in loop.picks]
     k = str(ks[0]) if len(set(ks)) == 1 else f"{min(ks)}..{max(ks)}"
     return f"{container}[*] select {k}{of}"
 
@@ -104,7 +105,7 @@ def _pick_lanes(loop: Loop) -> list[dict[str, Any]]:
 def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
     axis = f" axis={loop.axis}" if loop.axis else ""
     stage = f"  {{{loop.stage}}}" if loop.stage else ""
-    if top and loop.lanes and all(lane.get("before_first_forward") for lane in loop.lanes):
+    if top and loop.lanes and all(lane.get(BEFORE_FIRST_FORWARD) for lane in loop.lanes):
         stage += "  (step 0, before the first forward)"
     line = short(loop, subs)
     if loop.kind == "parfor":
@@ -115,7 +116,7 @@ def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
         vary = varying(loop)
         return f"{line}{axis} ({loop.class_name}){' ' + vary if vary else ''}{stage}"
     if loop.kind == "select":
-        return (f"{line}{axis} ({len(loop.picks)} calls; ids ever picked [{_ranges(loop.members)}]){stage}")
+        return (f"{line}{axis} ({len(loop.picks)} calls; ids ever picked [{ranges(loop.members)}]){stage}")
     return f"{line}{stage}"
 
 
@@ -127,7 +128,7 @@ def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
         inner = member_subs(loop, subs)
         for v in loop.variants:
             if many:
-                lines.append("  " * (depth + 1) + f"iterations [{_ranges(v.iterations)}]:")
+                lines.append("  " * (depth + 1) + f"iterations [{ranges(v.iterations)}]:")
             lines.extend(loop_lines(v.body, depth + 1 + many, inner))
     return lines
 
@@ -158,65 +159,3 @@ def same_stage(loops: list[Loop], stage: str | None, chain: tuple, subs: Subs) -
         for v in loop.variants:
             out.extend(same_stage(v.body, stage, outer, member_subs(loop, subs)))
     return out
-
-
-def stage_lines(report: Report) -> list[str]:
-    lines = []
-    for group in report.stage_view:
-        lines.append(f"{_steps(group['steps'])} ({group['phase']}):")
-        lines += [f"  {s}: {nest or 'empty'}" for s, nest in group["stages"].items()]
-    return lines
-
-
-def _steps(steps: list[int]) -> str:
-    return ("step " if len(steps) == 1 else "steps ") + _ranges(steps)
-
-
-def step_lines(report: Report) -> list[str]:
-    return [f"step {s['step']}: {s['phase']} " + fmt_lane(s) for s in report.steps]
-
-
-def to_text(report: Report) -> str:
-    head = [f"loopmeta report: {report.model_class}"
-            + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}"]
-    parts = head + [""] + loop_lines(report.loops)
-    if report.stage_view:
-        parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
-    if report.steps:
-        parts += ["", "steps:"] + ["  " + s for s in step_lines(report)]
-    if report.moe:
-        s = report.moe["summary"]
-        parts += ["", f"moe: {s['calls']} MoE calls, k min {s['k_min']} / mean {s['k_mean']} / max {s['k_max']}, "
-                      f"expert-load imbalance (busiest expert / mean over all experts) {s['imbalance']}"
-                      + (f", experts implementation {'/'.join(s['experts_implementation'])}"
-                         if s["experts_implementation"] else "")]
-    parts += [f"note: {n}" for n in report.notes]
-    return "\n".join(parts)
-
-
-def to_markdown(report: Report) -> str:
-    lines = [f"# loopmeta report: {report.model_class}", "",
-             f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",
-             f"- nodes: {len(report.counts)}, calls: {sum(report.counts.values())}", "", "## Loop nest", "", "```"]
-    lines += loop_lines(report.loops) + ["```"]
-    if report.stage_view:
-        lines += ["", "## Stages per step", "", "| steps | phase | stage | loop nest |", "|---|---|---|---|"]
-        lines += [f"| {_ranges(g['steps'])} | {g['phase']} | {s} | `{nest}` |" if nest else
-                  f"| {_ranges(g['steps'])} | {g['phase']} | {s} | empty |"
-                  for g in report.stage_view for s, nest in g["stages"].items()]
-    if report.steps:
-        lines += ["", "## Steps", "", "| step | phase | lane |", "|---|---|---|"]
-        lines += [f"| {s['step']} | {s['phase']} | {fmt_lane(s)} |" for s in report.steps]
-    if report.moe:
-        lines += ["", "## MoE selection", "", "| node | step | k | experts | tokens |", "|---|---|---|---|---|"]
-        lines += [f"| {r['address']} | {r['step']} | {r['k']} | {_v(r['experts'])} | {_v(r['tokens'])} |"
-                  for r in report.moe["rows"]]
-    gemms = (report.probe or {}).get("gemms")
-    if gemms:
-        lines += ["", "## GEMM shapes in the probed steps (nn.Linear calls)", "",
-                  "| step | stage | node | M | N | K | calls |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {g['step']} | {g['stage'] or ''} | {g['node']} | {g['M']} | {g['N']} | {g['K']} | {g['calls']} |"
-                  for g in gemms]
-    if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
-    return "\n".join(lines)

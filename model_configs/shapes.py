@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..events.lanes import DECODE, PHASE, PREFILL
+
 
 def past_length(cache: Any, layer_idx: int = 0) -> int:
     """Tokens already in a KV cache for one layer, read from shapes (DynamicCache or legacy tuples)."""
@@ -41,7 +43,7 @@ def step_lane(call: Any) -> dict[str, Any]:
     past = past_length(first_tensor(call, "cache", "past_key_values"))
     seq = int(x.shape[1])
     # one new token on top of a cache is a decode step; a chunked prefill feeds several tokens on top of one
-    return {"phase": "decode" if seq == 1 and past > 0 else "prefill", "batch": int(x.shape[0]), "seq_len": seq,
+    return {PHASE: DECODE if seq == 1 and past > 0 else PREFILL, "batch": int(x.shape[0]), "seq_len": seq,
             "past_len": past, "kv_len": past + seq}
 
 

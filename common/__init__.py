@@ -1,0 +1,1 @@
+"""Small helpers every stage shares: JSON values of dataclasses, tensor flattening, attribute swaps."""

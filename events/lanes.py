@@ -1,0 +1,40 @@
+"""The lane contract: the lane keys that more than one part of loopmeta reads or writes, declared once.
+
+A lane is the dict of metadata an event carries beyond its fixed fields: adapters' extractors fill it, the engine
+adds its own keys, the merger and the writers read it. Keys not listed here are free for adapters: they travel into
+the report as they are and are printed as `key=value`.
+"""
+
+from __future__ import annotations
+
+# --- phases of a step -------------------------------------------------------------------------------------------
+PREFILL = "prefill"
+"""A step that feeds the prompt (or a chunk of it): more than one new token, or no KV cache yet."""
+DECODE = "decode"
+"""A step that feeds one new token on top of a KV cache."""
+PHASES = (PREFILL, DECODE)
+
+# --- keys the engine sets ---------------------------------------------------------------------------------------
+STEP = "step"
+"""0-based step of the call (each call of the config's step target starts one); set on every node's lane."""
+PHASE = "phase"
+"""`prefill` or `decode`: returned by the step target's extractor, copied onto every call of the step."""
+BEFORE_FIRST_FORWARD = "before_first_forward"
+"""True on calls that ran before the session's first step (e.g. image features that `generate()` computes before
+the first forward); they are counted in step 0."""
+EXTRACT_ERROR = "extract_error"
+"""An extractor raised (or returned something unusable); the message names the call. The merger refuses the stream."""
+
+STEP_KEYS = (STEP, PHASE, BEFORE_FIRST_FORWARD)
+"""Keys every call of a step carries alike: shown once per step, not on every loop."""
+
+# --- keys of a MoE call, read by the merger for the expert ledger ------------------------------------------------
+EXPERTS_HIT = "experts_hit"
+"""Sorted ids of the experts that received at least one token in this MoE call."""
+TOKENS_PER_EXPERT = "tokens_per_expert"
+"""Tokens routed to each expert of `experts_hit`, in the same order (a token counts once per expert it reaches)."""
+EXPERTS_TOTAL = "experts_total"
+"""Experts the MoE block has (the M of `select k of M`)."""
+EXPERTS_IMPLEMENTATION = "experts_implementation"
+"""How the experts run when they are not modules (`grouped_mm`, `eager`, ...); informational."""
+

@@ -1,0 +1,135 @@
+"""The JSONL event stream: line 1 is the `SessionHeader` (`"kind": "header"`), every later line a `CallEvent`
+(`"kind": "call"`), written when the call returns (or raises) and flushed at once, so a crash keeps every event
+before it. `read_events` validates every line and names the first bad one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from ..common.jsonable import jsonable
+from ..errors import EventFileError
+from .lanes import PHASES
+from .schema import SCHEMA, SCHEMA_VERSION, CallEvent, SessionHeader, TensorMeta
+
+
+def dump_line(obj: SessionHeader | CallEvent) -> str:
+    data = jsonable(obj)
+    data["kind"] = "header" if isinstance(obj, SessionHeader) else "call"
+    return json.dumps(data, separators=(",", ":"))  # field and lane order kept as written
+
+
+class EventWriter:
+    """Writes one session's stream: `open()` truncates the file and writes the header; one flushed line per event."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh: IO[str] | None = None
+
+    def open(self, header: SessionHeader) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("w", encoding="utf-8")
+        self.write(header)
+
+    def write(self, obj: SessionHeader | CallEvent) -> None:
+        if self._fh is None:
+            raise EventFileError(f"event file {self.path} is not open")
+        self._fh.write(dump_line(obj) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+_CALL_FIELDS = {f.name for f in dataclasses.fields(CallEvent)}
+_REQUIRED = _CALL_FIELDS - {"lane", "inputs", "outputs", "device", "error"}
+
+
+def _tensor_metas(raw: Any, where: str) -> tuple[TensorMeta, ...]:
+    if not isinstance(raw, list):
+        raise ValueError(f"{where} must be a list")
+    out = []
+    for t in raw:
+        if not isinstance(t, dict) or set(t) != {"name", "shape", "dtype", "device"}:
+            raise ValueError(f"{where} entries need exactly name, shape, dtype, device; got {t!r}")
+        out.append(TensorMeta(str(t["name"]), tuple(int(d) for d in t["shape"]), str(t["dtype"]), str(t["device"])))
+    return tuple(out)
+
+
+def _event_from_dict(data: dict[str, Any]) -> CallEvent:
+    missing = _REQUIRED - set(data)
+    if missing:
+        raise ValueError(f"missing fields {sorted(missing)}")
+    unknown = set(data) - _CALL_FIELDS - {"kind"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    if data["phase"] not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {data['phase']!r}")
+    for name in ("seq", "step", "call_index"):
+        if type(data[name]) is not int or data[name] < (1 if name == "call_index" else 0):
+            raise ValueError(f"{name} must be a non-negative int (call_index >= 1), got {data[name]!r}")
+    parent = data["parent"]
+    if parent is not None:
+        if not (isinstance(parent, list) and len(parent) == 2 and type(parent[1]) is int):
+            raise ValueError(f"parent must be null or [address, call_index], got {parent!r}")
+        parent = (str(parent[0]), parent[1])
+    return CallEvent(
+        session=str(data["session"]), seq=data["seq"], step=data["step"], phase=data["phase"],
+        address=str(data["address"]), class_name=str(data["class_name"]), call_index=data["call_index"],
+        parent=parent, role=str(data["role"]), stage=data["stage"], lane=dict(data.get("lane") or {}),
+        inputs=_tensor_metas(data.get("inputs", []), "inputs"),
+        outputs=_tensor_metas(data.get("outputs", []), "outputs"),
+        device=data.get("device"), error=data.get("error"),
+    )
+
+
+def _header_from_dict(data: dict[str, Any], where: str) -> SessionHeader:
+    if data.get("kind") != "header" or data.get("schema") != SCHEMA:
+        raise EventFileError(f"{where}: first line must be a {SCHEMA} header")
+    if data.get("version") != SCHEMA_VERSION:
+        raise EventFileError(f"{where}: schema version {data.get('version')!r}, this loopmeta reads version "
+                             f"{SCHEMA_VERSION}")
+    try:
+        return SessionHeader(session=str(data["session"]), config=str(data["config"]),
+                             model_class=str(data["model_class"]), versions=dict(data["versions"]),
+                             container_sizes={str(k): int(v) for k, v in data.get("container_sizes", {}).items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EventFileError(f"{where}: bad header ({exc!r})") from None
+
+
+def read_events(path: str | Path) -> tuple[SessionHeader, list[CallEvent]]:
+    """Read and validate an event file; raise `EventFileError` naming the line of the first problem."""
+    path = Path(path)
+    events: list[CallEvent] = []
+    header: SessionHeader | None = None
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EventFileError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(data, dict):
+                raise EventFileError(f"{where}: expected a JSON object")
+            if header is None:
+                header = _header_from_dict(data, where)
+                continue
+            if data.get("kind") != "call":
+                raise EventFileError(f"{where}: expected kind 'call', got {data.get('kind')!r}")
+            try:
+                event = _event_from_dict(data)
+            except (ValueError, TypeError) as exc:
+                raise EventFileError(f"{where}: {exc}") from None
+            if event.session != header.session:
+                raise EventFileError(f"{where}: session {event.session!r} != header {header.session!r}")
+            events.append(event)
+    if header is None:
+        raise EventFileError(f"{path}: empty file, no {SCHEMA} header")
+    return header, events

@@ -1,0 +1,64 @@
+"""Hugging Face helpers shared by the configs of transformers models: architectures of a hub model, loading an
+image-text model with its processor, and the `generate()` probe (docs/models/*.md say which config uses what)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import SessionError
+from .sessions import Session, SessionRequest
+
+# Keywords that would contradict a short probe of `generate()`: lengths, minimum lengths and output streaming.
+_LENGTH_KEYWORDS = ("max_length", "min_length", "min_new_tokens", "streamer")
+
+
+def architectures(request: SessionRequest) -> list[str]:
+    """The `architectures` of a hub id or local folder, read from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(request.model, revision=request.revision,
+                                               trust_remote_code=request.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SessionError(f"cannot load the config of {request.model!r}: {exc}. Offline, the model must be in the "
+                           "local Hugging Face cache or a local folder; remote code needs --trust-remote-code.") from None
+    return list(getattr(hf_config, "architectures", None) or [])
+
+
+def generate_probe(args: tuple, kwargs: dict[str, Any], steps: int) -> tuple[tuple, dict[str, Any]] | None:
+    """`generate()` again on the same inputs for `steps` steps (prefill + decode steps), never more than the session
+    asked for; None when the call had no `input_ids` to hand TorchLens as its positional input."""
+    kwargs = dict(kwargs)
+    if not args:
+        if kwargs.get("input_ids") is None:
+            return None
+        args = (kwargs.pop("input_ids"),)
+    asked = kwargs.pop("max_new_tokens", None)
+    for name in _LENGTH_KEYWORDS:
+        kwargs.pop(name, None)
+    kwargs["max_new_tokens"] = steps if asked is None else min(asked, steps)
+    return args, kwargs
+
+
+def image_text_session(request: SessionRequest, config: Any) -> Session:
+    """An `AutoModelForImageTextToText` with its `AutoProcessor`, run as `generate()` on one image and prompt."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..builtin_models.pages import load_image
+
+    common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
+    extra = {"attn_implementation": request.attn_implementation} if request.attn_implementation else {}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(request.model, dtype=getattr(torch, request.dtype),
+                                                            **extra, **common)
+        processor = AutoProcessor.from_pretrained(request.model, **common)
+    except (OSError, ValueError, ImportError) as exc:
+        raise SessionError(f"cannot load {request.model!r} as an image-text model with a processor ({exc}); "
+                           f"config {config.name!r} expects one.") from None
+    model = model.eval().to(request.device)
+    if request.experts_implementation:
+        model.set_experts_implementation(request.experts_implementation)
+    inputs = processor(images=load_image(request.image), text=request.prompt, return_tensors="pt").to(request.device)
+    return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
+                   request.model)

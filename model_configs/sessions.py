@@ -1,0 +1,42 @@
+"""The contract between the command line and a config's session driver (`[session] load` in the TOML).
+
+The command line turns its options into a `SessionRequest`; the adapter's loader turns that into a `Session`: the
+loaded model and a function that runs one inference session on it. Neither side knows the other's internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What the user asked for. `model` None means the built-in model of size `builtin`."""
+
+    model: str | None = None
+    builtin: str = "tiny"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    image: Path | None = None
+    prompt: str = "<image>\nFree OCR."
+    mode: str | None = None
+    max_new_tokens: int = 4
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    experts_implementation: str | None = None
+    out: Path = Path("loopmeta-out")
+
+
+@dataclass
+class Session:
+    """A loaded model and how to run it: `run()` is the session; `context()` is entered around it (and around the
+    TorchLens probe) for what the run needs, e.g. a vendor call made harmless on a CPU."""
+
+    model: Any
+    run: Callable[[], Any]
+    label: str
+    context: Callable[[], ContextManager[Any]] = field(default=contextlib.nullcontext)

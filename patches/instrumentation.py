@@ -1,0 +1,187 @@
+"""The instrumentation lifecycle: which modules of a model to record, and patching them for one session.
+
+    with Instrumentation(model, "deepseek_ocr2_hf", events="events.jsonl") as recorder:
+        model.generate(**inputs, max_new_tokens=8)
+    recorder.events  # one CallEvent per call of an instrumented module
+
+Invariants (after OpenTelemetry's instrumentors):
+- construction has no side effects: nothing is resolved, opened or patched until `instrument()` (or entering);
+- `instrument()` checks everything first (config, root class, version pins, targets, modules free) and patches
+  nothing when a check fails; then it opens the events file, binds the modules and returns the `Recorder`;
+- `uninstrument()` restores every patched attribute and closes the file; it is idempotent, also after the forward
+  raised; one `Instrumentation` serves one session: using it again raises `InstrumentationError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InstrumentationError
+from ..events.schema import SessionHeader
+from ..model_configs.config import ModelConfig, detect_config, load_config
+from . import engine
+from .recorder import Recorder
+
+log = logging.getLogger("loopmeta")
+
+_LIVE: dict[int, "Instrumentation"] = {}  # id(model) -> its live instrumentation
+
+
+def check_pins(config: ModelConfig) -> None:
+    from packaging.specifiers import SpecifierSet
+
+    for package, spec in config.requires.items():
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise ConfigError(f"config {config.name!r} needs {package}{spec}, which is not installed") from None
+        if not SpecifierSet(spec, prereleases=True).contains(installed):
+            raise ConfigError(f"config {config.name!r} is pinned to {package}{spec}; installed {package} is "
+                              f"{installed}. Install a matching version, or pass check_versions=False "
+                              "(run_traced.py --ignore-version-pins) at your own risk.")
+
+
+def resolve(model: Any, config: ModelConfig) -> list[engine.Binding]:
+    """Match every target against the live module tree; raise `ConfigError` naming what is missing."""
+    modules = list(model.named_modules())
+    found: list[engine.Binding] = []
+    owner: dict[int, str] = {}
+    for target in config.targets:
+        hits = [(a, m) for a, m in modules if target.regex.match(a)]
+        kept = [(a, m) for a, m in hits if not target.classes or type(m).__name__ in target.classes]
+        if not kept and target.required:
+            raise ConfigError(_missing(config, target, model, modules, hits))
+        for address, module in kept:
+            if id(module) in owner:
+                raise ConfigError(f"config {config.name!r}: {address!r} matches roles {owner[id(module)]!r} and "
+                                  f"{target.role!r}; a module may have one role")
+            owner[id(module)] = target.role
+            found.append(engine.Binding(address, module, target, config.function(target.on_enter),
+                                        config.function(target.on_exit)))
+    return found
+
+
+def _missing(config: ModelConfig, target: Any, model: Any, modules: list, hits: list) -> str:
+    if hits:
+        seen = sorted({type(m).__name__ for _, m in hits})
+        return (f"config {config.name!r}, role {target.role!r}: {target.pattern!r} matches {len(hits)} modules but of "
+                f"classes {seen}, expected {list(target.classes)}")
+    stem = target.pattern.split("[%d]")[0].rsplit(".", 1)[0] if "." in target.pattern else ""
+    near = [a for a, _ in modules if a.startswith(stem) and a.count(".") <= stem.count(".") + 1][:8]
+    return (f"config {config.name!r}, role {target.role!r}: no module matches {target.pattern!r} in "
+            f"{type(model).__name__}; modules near {stem or '<root>'!r}: {near}")
+
+
+def _versions(config: ModelConfig) -> dict[str, str]:
+    """Installed versions of torch and of every package the config pins."""
+    out = {}
+    for package in ("torch", *config.requires):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _choose(model: Any, config: str | Path | ModelConfig) -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return config
+    if config == "auto":
+        chosen = detect_config(model)
+        log.info("loopmeta: config 'auto' picked %r for %s", chosen.name, type(model).__name__)
+        return chosen
+    return load_config(config)
+
+
+class Instrumentation:
+    """One model, one session. Use as a context manager (patches on entry, restores on exit) or call
+    `instrument()` / `uninstrument()`. `config` is "auto" (by the model's class), a built-in name, a .toml path or a
+    loaded `ModelConfig`; `events` an optional JSONL path; `options` reach extractors as `call.state["options"]`."""
+
+    def __init__(self, model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,
+                 check_versions: bool = True, options: dict[str, Any] | None = None):
+        self.model = model
+        self.requested_config = config
+        self.events_path = events
+        self.check_versions = check_versions
+        self.options = dict(options or {})
+        self.config: ModelConfig | None = None
+        self.bindings: list[engine.Binding] = []
+        self.recorder: Recorder | None = None
+        self.state = "new"  # new -> active -> done
+
+    def instrument(self) -> Recorder:
+        if self.state != "new":
+            raise InstrumentationError(
+                "this Instrumentation is already " + ("active" if self.state == "active" else "used") + f" (session "
+                f"{self.recorder.session}); one Instrumentation serves one session: create a new one")
+        if id(self.model) in _LIVE:
+            raise InstrumentationError(f"{type(self.model).__name__} is already instrumented by config "
+                                       f"{_LIVE[id(self.model)].config.name!r}; uninstrument it first")
+        config = _choose(self.model, self.requested_config)
+        if config.root_classes and type(self.model).__name__ not in config.root_classes:
+            raise ConfigError(f"config {config.name!r} is for root classes {list(config.root_classes)}; got a "
+                              f"{type(self.model).__name__}. Instrument the object users call generate() on.")
+        if self.check_versions:
+            check_pins(config)
+        bindings = resolve(self.model, config)
+        shared = engine.bound_elsewhere([b.module for b in bindings])
+        if shared:
+            names = [b.address for b in bindings if b.module in shared][:5]
+            raise InstrumentationError(f"modules {names} are already instrumented as part of another model; a module "
+                                       "belongs to one session at a time")
+        selected = sorted({b.address.rpartition(".")[0] for b in bindings if b.target.select})
+        header = SessionHeader(session=uuid.uuid4().hex[:12], config=config.name,
+                               model_class=type(self.model).__name__, versions=_versions(config),
+                               container_sizes={c: len(list(self.model.get_submodule(c).children()))
+                                                for c in selected})
+        try:
+            recorder = Recorder(header, self.events_path, self.options)
+        except OSError as exc:
+            raise InstrumentationError(f"cannot open the events file {self.events_path}: {exc}") from None
+        self.config, self.bindings, self.recorder = config, bindings, recorder
+        engine.bind(bindings, recorder)
+        _LIVE[id(self.model)] = self
+        self.state = "active"
+        log.info("loopmeta: instrumented %s with config %s (%d modules)", type(self.model).__name__, config.name,
+                 len(bindings))
+        return recorder
+
+    def uninstrument(self) -> None:
+        """Restore everything and close the events file; a no-op unless active."""
+        if self.state != "active":
+            return
+        engine.unbind(self.bindings)
+        del _LIVE[id(self.model)]
+        self.state = "done"
+        self.recorder.close()
+
+    def __enter__(self) -> Recorder:
+        return self.recorder if self.state == "active" else self.instrument()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.uninstrument()
+
+
+def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,
+               check_versions: bool = True, options: dict[str, Any] | None = None) -> Instrumentation:
+    """Instrument `model` now and return its `Instrumentation`: use it as a context manager
+    (`with instrument(m) as recorder:`) or call `uninstrument(m)` later."""
+    inst = Instrumentation(model, config, events=events, check_versions=check_versions, options=options)
+    inst.instrument()
+    return inst
+
+
+def uninstrument(model: Any) -> None:
+    """Undo `instrument(model)`; a no-op when the model is not instrumented."""
+    inst = _LIVE.get(id(model))
+    if inst is not None:
+        inst.uninstrument()
+
+
+def is_instrumented(model: Any) -> bool:
+    return id(model) in _LIVE

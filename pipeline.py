@@ -1,0 +1,132 @@
+"""The whole pipeline, from a model and a session to a checked report: events over every step, a TorchLens probe
+of the first steps, alignment, loop inference, exactness. `trace_structure` is the config-free path.
+
+    report, output = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=64), probe="auto")
+    write_report(report, "out/")
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import wrapt
+
+from .common.attributes import Swap
+from .errors import InstrumentationError, MergeError
+from .merge.align import align
+from .merge.capture import capture
+from .merge.gemms import gemm_table
+from .merge.seed import seed_fields
+from .model_configs.config import ModelConfig
+from .patches.instrumentation import Instrumentation
+from .report.build import session_report, structural_report
+from .report.schema import Report
+
+PROBE_STEPS = 2  # prefill + one decode step
+
+
+@dataclass
+class Probe:
+    """What TorchLens traces: `fn(*args, **kwargs)`, e.g. `model.generate` for 2 new tokens (prefill + one decode
+    step) or `model` itself for a single forward. It must repeat the session's first steps."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class FirstCall:
+    """Remembers the arguments of the first call of `cls.<method>` while active (a class-level wrapper, restored on
+    exit): how the probe learns what a session called, even from inside a vendor helper."""
+
+    def __init__(self, cls: type, method: str):
+        self.cls, self.method = cls, method
+        self.args: tuple[Any, ...] | None = None
+        self.kwargs: dict[str, Any] = {}
+        self._swap: Swap | None = None
+
+    def _remember(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self.args is None:
+            self.args, self.kwargs = args, dict(kwargs)
+        return wrapped(*args, **kwargs)
+
+    def __enter__(self) -> "FirstCall":
+        self._swap = Swap.apply(self.cls, self.method, wrapt.FunctionWrapper(getattr(self.cls, self.method),
+                                                                             self._remember))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._swap.restore()
+
+
+def _rebinds(config: ModelConfig, model: Any) -> list[tuple[object, str, object]]:
+    return [(sys.modules[type(model.get_submodule(r.module_of)).__module__], r.name, config.function(r.replacement))
+            for r in config.rebind]
+
+
+def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: list | None,
+                  stage_of: dict[str, str | None] | None) -> dict[str, Any]:
+    """Trace the probe; align it with the events when given (`stage_of`: instrumented address -> stage); its
+    structural loop nest, the seed fields and the GEMM shapes per step and stage."""
+    tree = capture(probe.fn, probe.args, probe.kwargs, model=model, rebind=_rebinds(config, model) if config else ())
+    section: dict[str, Any] = {}
+    step = config.step_target.pattern if config and config.step_target else ""
+    if events is not None:
+        section.update(align(events, tree, list(stage_of or {}), step))
+    structural = structural_report(tree, model)
+    section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree),
+                    "gemms": gemm_table(tree, model, stage_of or {}, step)})
+    return section
+
+
+def _auto_probe(config: ModelConfig, first: FirstCall | None, model: Any, steps: int) -> Probe | None:
+    if first is None or first.args is None or not steps:
+        return None
+    repeated = config.function(config.session.probe)(first.args, first.kwargs, min(PROBE_STEPS, steps))
+    return None if repeated is None else Probe(getattr(model, first.method), *repeated)
+
+
+def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | ModelConfig = "auto",
+                  probe: Probe | str | None = None, events: str | Path | None = None,
+                  check_versions: bool = True, options: dict[str, Any] | None = None) -> tuple[Report, Any]:
+    """Run `run()` instrumented, then trace `probe` with TorchLens and merge; return the checked report and what
+    `run()` returned. `probe="auto"` repeats the session's first call of the config's probe method (`generate`),
+    shorter (prefill + one decode step), as the config's `[session] probe` function says."""
+    if isinstance(probe, str) and probe != "auto":
+        raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
+    inst = Instrumentation(model, config, events=events, check_versions=check_versions, options=options)
+    with inst as recorder:
+        spec = inst.config.session
+        if probe == "auto" and not (spec.probe_method and spec.probe):
+            raise InstrumentationError(f"config {inst.config.name!r} declares no [session] probe_method and probe: "
+                                       "pass probe=Probe(...) or probe=None")
+        first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
+        if first is None:
+            output = run()
+        else:
+            with first:
+                output = run()
+    if recorder.faults:
+        raise MergeError("recording failed, the events are incomplete:\n  " + "\n  ".join(recorder.faults))
+    if probe == "auto":
+        probe = _auto_probe(inst.config, first, model, recorder.steps)
+        missing = None if probe else f"no TorchLens probe: the session's {spec.probe_method}() call cannot be repeated"
+    report = session_report(recorder.events, inst.config, model_class=type(model).__name__,
+                            container_sizes=recorder.header.container_sizes)
+    if probe is None and first is not None:
+        report.notes.append(missing)
+    if probe is not None:
+        report.probe = probe_section(model, probe, inst.config, recorder.events,
+                                     {b.address: b.target.stage for b in inst.bindings})
+    return report, output
+
+
+def trace_structure(fn: Any, args: Any = (), kwargs: Mapping[str, Any] | None = None, *, model: Any = None) -> Report:
+    """Config-free mode for any PyTorch model: trace `fn(*args, **kwargs)` once with TorchLens and return the exact
+    loop nest of every module (no events, no labels). `fn` is a module or a bound method of one; `model` (default:
+    `fn` or its owner) defines the addresses."""
+    model = model if model is not None else getattr(fn, "__self__", fn)
+    return structural_report(capture(fn, args, kwargs, model=model), model)

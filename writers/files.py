@@ -1,0 +1,24 @@
+"""Write a report in every form: `<stem>.json`, `<stem>.txt`, `<stem>.md`, after checking it is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..merge.loops import check_exact
+from ..report.schema import Report, to_json
+from .markdown import to_markdown
+from .text import to_text
+
+
+def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
+    """Check exactness, then write the JSON, text and Markdown forms; return their paths by form."""
+    check_exact(report.loops, report.counts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    forms = {"json": (".json", to_json(report)), "text": (".txt", to_text(report) + "\n"),
+             "markdown": (".md", to_markdown(report) + "\n")}
+    paths = {}
+    for form, (suffix, content) in forms.items():
+        paths[form] = out / f"{stem}{suffix}"
+        paths[form].write_text(content, encoding="utf-8")
+    return paths

@@ -1,0 +1,39 @@
+"""The Markdown report: the same content as the text report, with tables for stages, steps, MoE and GEMMs."""
+
+from __future__ import annotations
+
+from ..report.notation import fmt_lane, loop_lines, ranges, value_text
+from ..report.schema import Report
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# loopmeta report: {report.model_class}", "",
+             f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",
+             f"- nodes: {len(report.counts)}, calls: {sum(report.counts.values())}", "", "## Loop nest", "", "```"]
+    lines += loop_lines(report.loops) + ["```"]
+    if report.stage_view:
+        lines += ["", "## Stages per step", ""] + _table(
+            ["steps", "phase", "stage", "loop nest"],
+            [[ranges(g["steps"]), g["phase"], s, f"`{nest}`" if nest else "empty"]
+             for g in report.stage_view for s, nest in g["stages"].items()])
+    if report.steps:
+        lines += ["", "## Steps", ""] + _table(["step", "phase", "lane"],
+                                               [[str(s["step"]), s["phase"], fmt_lane(s)] for s in report.steps])
+    if report.moe:
+        lines += ["", "## MoE selection", ""] + _table(
+            ["node", "step", "k", "experts", "tokens per expert"],
+            [[r["address"], str(r["step"]), str(r["k"]), value_text(r["experts"]), value_text(r["tokens"])]
+             for r in report.moe["rows"]])
+    gemms = (report.probe or {}).get("gemms")
+    if gemms:
+        lines += ["", "## GEMM shapes in the probed steps (nn.Linear calls)", ""] + _table(
+            ["step", "stage", "node", "M", "N", "K", "calls"],
+            [[str(g["step"]), g["stage"] or "", g["node"], str(g["M"]), str(g["N"]), str(g["K"]), str(g["calls"])]
+             for g in gemms])
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The plain-text report: the loop nest, the stages per step, the steps and the MoE summary."""
+
+from __future__ import annotations
+
+from ..report.notation import fmt_lane, loop_lines, ranges
+from ..report.schema import Report
+
+
+def stage_lines(report: Report) -> list[str]:
+    lines = []
+    for group in report.stage_view:
+        steps = group["steps"]
+        lines.append(("step " if len(steps) == 1 else "steps ") + f"{ranges(steps)} ({group['phase']}):")
+        lines += [f"  {s}: {nest or 'empty'}" for s, nest in group["stages"].items()]
+    return lines
+
+
+def moe_line(summary: dict) -> str:
+    return (f"moe: {summary['calls']} MoE calls, k min {summary['k_min']} / mean {summary['k_mean']} / max "
+            f"{summary['k_max']}, expert-load imbalance (busiest expert / mean over all experts) "
+            f"{summary['imbalance']}" + (f", experts implementation {'/'.join(summary['experts_implementation'])}"
+                                         if summary["experts_implementation"] else ""))
+
+
+def to_text(report: Report) -> str:
+    parts = [f"loopmeta report: {report.model_class}"
+             + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}",
+             ""] + loop_lines(report.loops)
+    if report.stage_view:
+        parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
+    if report.steps:
+        parts += ["", "steps:"] + [f"  step {s['step']}: {s['phase']} " + fmt_lane(s) for s in report.steps]
+    if report.moe:
+        parts += ["", moe_line(report.moe["summary"])]
+    parts += [f"note: {n}" for n in report.notes]
+    return "\n".join(parts)

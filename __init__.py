@@ -24,8 +24,13 @@ Example (config-free, runs anywhere torch and TorchLens are installed):
     ...             x = block(x)
     ...         return x
     >>> report = loopmeta.trace_structure(Net(), torch.randn(2, 8))
-    >>> print(loopmeta.to_text(report).splitlines()[3])
-      blocks[0..2] for 3 axis=None (Linear)
+    >>> print(loopmeta.to_text(report))
+    loopmeta report: Net (config-free), from torchlens
+    <BLANKLINE>
+    <root Net>
+      blocks[0..2] for 3 (Linear)
+    >>> loopmeta.write_report(report, "out")["json"].name  # also report.txt and report.md; refused if inexact
+    'report.json'
 """
 
 from __future__ import annotations

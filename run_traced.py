@@ -76,7 +76,7 @@ def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
         config = config_for_classes(archs)
         if config is None:
             raise ConfigError(f"no built-in config covers {args.model!r} (architectures {archs}): pass --config with "
-                              "a config for it (model_configs/README.md), or use the Python API")
+                              "a config for it (model_configs/README.md), or use the config-free trace_structure() from Python")
     if config.session.load is None:
         raise ConfigError(f"config {config.name!r} does not say how to load and run a session ([session] load): "
                           "drive it from Python with trace_session()")

@@ -66,41 +66,28 @@ def new_tokens_of(out: Any, prompt_len: int) -> int:
 
 
 class Printer:
-    """A rich table when rich is importable, else aligned plain text."""
+    """Lines and tables on a rich console."""
 
     def __init__(self) -> None:
-        try:
-            from rich.console import Console
+        from rich.console import Console
 
-            self.console: Any = Console(width=140)
-        except ImportError:  # pragma: no cover - rich is a dependency
-            self.console = None
+        self.console = Console(width=140)
 
     def line(self, text: str = "") -> None:
-        if self.console is not None:
-            self.console.print(text, markup=False, highlight=False)
-        else:
-            print(text)
+        self.console.print(text, markup=False, highlight=False)
         sys.stdout.flush()
 
     def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
-        if self.console is not None:
-            from rich import box
-            from rich.table import Table
+        from rich import box
+        from rich.table import Table
 
-            self.line(title)
-            t = Table(box=box.ASCII)
-            for i, h in enumerate(header):
-                t.add_column(h, justify="left" if i < 2 else "right")
-            for r in rows:
-                t.add_row(*r)
-            self.console.print(t)
-        else:
-            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-            print(title)
-            print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-            for r in rows:
-                print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        self.line(title)
+        t = Table(box=box.ASCII)
+        for i, h in enumerate(header):
+            t.add_column(h, justify="left" if i < 2 else "right")
+        for r in rows:
+            t.add_row(*r)
+        self.console.print(t)
         sys.stdout.flush()
 
 
@@ -110,14 +97,15 @@ class Printer:
 def bench_size(size: str, reps: int, new_tokens: int, pipeline_reps: int, width: int, height: int,
                skip_pipeline: bool, out: Printer) -> dict[str, Any]:
     from loopmeta.merge.capture import capture
-    from loopmeta.merge.session import Probe, trace_session
-    from loopmeta.model_configs import deepseek_ocr2_tiny as T
+    from loopmeta.builtin_models import deepseek_ocr2_tiny as T
+    from loopmeta.builtin_models.pages import synthetic_page
+    from loopmeta.pipeline import Probe, trace_session
     from loopmeta.patches import instrument
 
     t_build, model = timed(lambda: T.build_model(size=size, seed=0))
     model.eval()
     processor = T.build_processor()
-    inputs = T.prepare_inputs(processor, T.synthetic_page(width, height))
+    inputs = T.prepare_inputs(processor, synthetic_page(width, height))
     input_ids = inputs["input_ids"]
     rest = {k: v for k, v in inputs.items() if k != "input_ids"}
     prompt_len = int(input_ids.shape[-1])
@@ -214,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import transformers
 
-    from loopmeta.model_configs import deepseek_ocr2_tiny as T
+    from loopmeta.builtin_models import deepseek_ocr2_tiny as T
 
     if not T.is_available():
         print("transformers has no deepseek_ocr2 (needs transformers 5.x); nothing to benchmark")

@@ -125,7 +125,7 @@ class Instrumentation:
         config = _choose(self.model, self.requested_config)
         if config.root_classes and type(self.model).__name__ not in config.root_classes:
             raise ConfigError(f"config {config.name!r} is for root classes {list(config.root_classes)}; got a "
-                              f"{type(self.model).__name__}. Instrument the object users call generate() on.")
+                              f"{type(self.model).__name__}. Instrument the root model object.")
         if self.check_versions:
             check_pins(config)
         bindings = resolve(self.model, config)

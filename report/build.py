@@ -97,7 +97,7 @@ def _steps(events: list[CallEvent], step_role: str | None) -> list[dict[str, Any
              if s.get(lanes.PHASE) == lanes.PREFILL and decoded and s[lanes.STEP] > decoded[0]]
     if again:
         raise MergeError(f"step {again[0]} is a new prefill after decode steps: the session holds more than one "
-                         "generation. Instrument one generate() / infer() per session.")
+                         "generation. Instrument one generation per session.")
     return steps
 
 

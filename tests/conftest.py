@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from stubs.deepseek_ocr_v1 import load_stub_model  # noqa: E402
+from stubs.deepseek_ocr_v1 import load_stub_model
 
 
 class TensorOps(TorchFunctionMode):
@@ -33,6 +28,24 @@ class TensorOps(TorchFunctionMode):
         elif any(isinstance(x, torch.Tensor) for x in flat):
             self.ops.append(getattr(func, "__qualname__", None) or name or repr(func))
         return out
+
+
+def v1_instrumented_addresses(cfg) -> set[str]:
+    """The modules the deepseek_ocr_v1 config records, listed from the stub's own config numbers (not from the
+    engine's pattern matching): root, model, SAM and its blocks, CLIP, its transformer and layers, the projector,
+    every decoder layer, and in each MoE layer the MoE block, its gate, experts and shared experts; lm_head."""
+    out = {"", "model", "model.sam_model", "model.vision_model", "model.vision_model.transformer", "model.projector",
+           "lm_head"}
+    out |= {f"model.sam_model.blocks.{i}" for i in range(cfg.sam_depth)}
+    out |= {f"model.vision_model.transformer.layers.{j}" for j in range(cfg.clip_layers)}
+    for layer in range(cfg.num_hidden_layers):
+        out.add(f"model.layers.{layer}")
+        if layer >= cfg.first_k_dense_replace and layer % cfg.moe_layer_freq == 0:
+            mlp = f"model.layers.{layer}.mlp"
+            out |= {mlp, f"{mlp}.gate", *(f"{mlp}.experts.{e}" for e in range(cfg.n_routed_experts))}
+            if cfg.n_shared_experts:
+                out.add(f"{mlp}.shared_experts")
+    return out
 
 
 def transformers_major() -> int:

@@ -16,14 +16,18 @@ from torch import nn
 
 pytest.importorskip("torchlens")
 
-from loopmeta.merge.capture import (  # noqa: E402
-    CallTree,
-    CaptureError,
-    TracedCall,
-    capture,
-    method_root_address,
-)
+from loopmeta.errors import CaptureError  # noqa: E402
+from loopmeta.merge.calltree import counts, from_trace  # noqa: E402
+from loopmeta.merge.capture import CallTree, TracedCall, capture, method_root_address  # noqa: E402
 from loopmeta.merge.seed import seed_fields  # noqa: E402
+
+
+def call_counts(tree):
+    return counts(from_trace(tree))
+
+
+def calls_of(tree, address):
+    return sorted((c for c in tree.calls.values() if c.address == address), key=lambda c: c.index)
 
 # ------------------------------------------------------------------------------------------------
 # independent reference: hooks with a stack
@@ -165,7 +169,7 @@ def _check_against_hooks(tree: CallTree, rec: HookRecorder, skip=(), root_parent
     for call, (_, _, parent, shapes) in zip(walked, events):
         assert call.parent == (parent if parent is not None else root_parent), call.label
         assert call.input_shapes == shapes, call.label
-    counts = tree.call_counts()
+    counts = call_counts(tree)
     counts.pop(root_parent[0] if root_parent else None, None)
     assert counts == rec.counts(skip)
 
@@ -173,15 +177,15 @@ def _check_against_hooks(tree: CallTree, rec: HookRecorder, skip=(), root_parent
 def test_custom_module_against_hooks(net_case):
     net, tree, rec = net_case
     # hooks see the no-tensor-op calls, TorchLens does not: exactly those differ
-    assert set(rec.counts()) - set(tree.call_counts()) == NOOP
+    assert set(rec.counts()) - set(call_counts(tree)) == NOOP
     assert set(tree.uncalled) == NOOP | {"blocks", "unused"}
     _check_against_hooks(tree, rec, skip=NOOP)
 
     assert tree.root == ("", 1) and tree.method is None
-    assert tree.num_calls("blocks.0.inner") == 3
-    assert tree.num_calls("shared") == 3
-    assert tree.num_calls("blocks") == 0
-    assert [c.parent for c in tree.calls_of("shared")] == [("", 1), ("blocks.0", 1), ("blocks.1", 1)]
+    assert call_counts(tree).get("blocks.0.inner", 0) == 3
+    assert call_counts(tree).get("shared", 0) == 3
+    assert call_counts(tree).get("blocks", 0) == 0
+    assert [c.parent for c in calls_of(tree, "shared")] == [("", 1), ("blocks.0", 1), ("blocks.1", 1)]
     assert tree.calls[("blocks.0", 1)].children == (
         ("blocks.0.ident", 1),
         ("blocks.0.inner", 1),
@@ -207,7 +211,7 @@ def test_custom_module_ops_and_seed(net_case):
     assert sum(c.num_ops for c in tree.walk()) == tree.num_ops == 22
 
     seed = seed_fields(tree)
-    assert seed["call_counts"] == tree.call_counts()
+    assert seed["call_counts"] == call_counts(tree)
     assert seed["edges"] == {
         "->shared": 1,
         "->blocks.0": 1,
@@ -239,7 +243,7 @@ def test_submodule_as_fn(net_case):
     tree = capture(net.blocks[1].inner, (x,), model=net)
     assert tree.root == ("blocks.1.inner", 1)
     assert tree.calls[tree.root].children == (("blocks.1.inner.lin", 1),)
-    assert tree.call_counts() == {"blocks.1.inner": 1, "blocks.1.inner.lin": 1}
+    assert call_counts(tree) == {"blocks.1.inner": 1, "blocks.1.inner.lin": 1}
     assert "blocks.0" in tree.uncalled and "" in tree.uncalled
     # TorchLens instruments only fn's own subtree: Block calls ``shared`` (registered on the root),
     # whose parameters then have no provenance and TorchLens re-runs the forward -> refused.
@@ -248,14 +252,14 @@ def test_submodule_as_fn(net_case):
 
 
 def test_summary_parsing():
-    from loopmeta.merge.capture import _shapes_from_summary
+    from loopmeta.merge.capture import shapes_from_summary
 
     summary = (
         "{hidden_states: Tensor(shape=(1, 5, 32), dtype=float32), note: 'Tensor(shape=(9,), dtype=x)', "
         "pos: [Tensor(shape=(5,), dtype=int64), Tensor(shape=(), dtype=float32)], cache: <DynamicCache>}"
     )
-    assert _shapes_from_summary(summary) == [(1, 5, 32), (5,), ()]
-    assert _shapes_from_summary(None) == [] and _shapes_from_summary("[]") == []
+    assert shapes_from_summary(summary) == [(1, 5, 32), (5,), ()]
+    assert shapes_from_summary(None) == [] and shapes_from_summary("[]") == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,7 +328,7 @@ def test_rescue_rerun_refused_and_rebind():
 
     tree = capture(mlp, (x,), model=mlp, rebind=[(vendor, "quick_gelu", _plain_quick_gelu)])
     assert vendor.quick_gelu is _scripted_quick_gelu  # restored
-    assert tree.call_counts() == {"": 1, "fc1": 1, "fc2": 1}
+    assert call_counts(tree) == {"": 1, "fc1": 1, "fc2": 1}
     assert tree.calls[("", 1)].num_ops == 3  # mul, sigmoid, mul: visible once rebound
 
 
@@ -405,7 +409,7 @@ def test_llama_generate_bound_method(llama):
         assert not call.address.startswith("owner"), call.address
         assert call.address in names or call.address == root
     assert tree.calls[(root, 1)].children == (("", 1), ("", 2))
-    assert tree.num_calls("lm_head") == 2
+    assert call_counts(tree).get("lm_head", 0) == 2
     assert tree.calls[("", 1)].class_name == "LlamaForCausalLM"
     _check_against_hooks(tree, rec, root_parent=(root, 1))
     # prefill seq 5, decode step seq 1
@@ -433,6 +437,6 @@ def test_llama_decode_step_with_cache(llama):
     tree = capture(model, (), {"input_ids": nxt, key: cache_copy, "use_cache": True}, model=model)
     assert cache.get_seq_length() == past_len
     assert cache_copy.get_seq_length() == past_len + 1  # the trace appends to the cache passed in
-    assert tree.num_calls("model.layers.1") == 1
+    assert call_counts(tree).get("model.layers.1", 0) == 1
     assert tree.calls[("", 1)].input_shapes == ((1, 1),)  # the cache object is opaque
     assert tree.calls[("model.layers.1.self_attn.o_proj", 1)].input_shapes == ((1, 1, 32),)

@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from loopmeta.patches import (ConfigError, EventFileError, InstrumentationError, instrument, is_instrumented,
-                              load_config, read_events, uninstrument)
-from loopmeta.patches import engine
+from loopmeta.errors import ConfigError, EventFileError, InstrumentationError
+from loopmeta.events import read_events
+from loopmeta.model_configs import load_config
+from loopmeta.patches import instrument, is_instrumented, uninstrument
+from loopmeta.patches import instrumentation
 from conftest import TensorOps
 from stubs.deepseek_ocr_v1 import MODES, load_stub_model
 
@@ -104,11 +106,11 @@ def test_missing_target_is_refused_and_nothing_is_patched():
 
 def test_version_pins(monkeypatch, v1_model):
     before = class_attrs(v1_model)
-    monkeypatch.setattr(engine.metadata, "version", lambda package: "4.50.0")
+    monkeypatch.setattr(instrumentation.metadata, "version", lambda package: "4.50.0")
     with pytest.raises(ConfigError, match=r"pinned to transformers>=4.45.2,<4.48; installed transformers is 4.50.0"):
         instrument(v1_model, "deepseek_ocr_v1")
     assert_restored(v1_model, before)
-    monkeypatch.setattr(engine.metadata, "version", lambda package: "4.46.3")
+    monkeypatch.setattr(instrumentation.metadata, "version", lambda package: "4.46.3")
     with instrument(v1_model, "deepseek_ocr_v1"):
         pass
 
@@ -179,7 +181,7 @@ def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, m
 
 @pytest.mark.parametrize("toml, message", [
     ('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\non_enter = "missing"\n',
-     "extractor 'missing' is not a function of adapter 'adapter'"),
+     "'missing' is not a function of adapter 'adapter'"),
     ('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstage = "b"\n', "names stage 'b', not in stages"),
     ('[[targets]]\nrole = "x"\npatern = "lm_head"\n', "unknown keys"),
     ('[[targets]]\nrole = "x"\npattern = "lm_head"\nclasses = "Linear"\n', "target #0 classes must be list of str"),
@@ -193,8 +195,21 @@ def test_config_errors_surface_at_load_time(tmp_path, toml, message):
         load_config(path)
 
 
-def test_builtin_config_names_its_step_target():
-    assert load_config("deepseek_ocr_v1").step_target.role == "step"
+def test_steps_start_with_each_root_forward(v1_model, inputs):
+    """Independent count: pre-hooks see each root forward start and, for each lm_head call, how many have started."""
+    starts, head_steps = [], []
+    handles = [v1_model.register_forward_pre_hook(lambda mod, args: starts.append(mod)),
+               v1_model.lm_head.register_forward_pre_hook(lambda mod, args: head_steps.append(len(starts) - 1))]
+    try:
+        with instrument(v1_model, "deepseek_ocr_v1", check_versions=False) as rec:
+            v1_model.generate(**inputs, max_new_tokens=3)
+    finally:
+        for h in handles:
+            h.remove()
+    assert rec.steps == len(starts) == 3
+    heads = [e for e in rec.events if e.address == "lm_head"]
+    assert [e.step for e in heads] == head_steps == [0, 1, 2]
+    assert [e.phase for e in heads] == ["prefill", "decode", "decode"]
 
 
 def test_tensor_op_detector_sees_an_op_in_a_wrapper(v1_model, inputs, tmp_path):

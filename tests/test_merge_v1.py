@@ -1,6 +1,6 @@
 """Merger on v1 stub sessions: exact loop bounds, alignment with TorchLens, refusals, stable JSON.
 
-Expected bounds come from the stub's config and the reference facts; observed counts from plain forward hooks.
+Expected bounds come from the stub's config and docs/models/deepseek-ocr-v1.md; observed counts from plain forward hooks.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from collections import Counter
 import pytest
 import torch
 
+from conftest import v1_instrumented_addresses
+from loopmeta.errors import AlignmentError, ExactnessError, MergeError
 from loopmeta.merge import calltree
-from loopmeta.merge.align import AlignmentError
-from loopmeta.merge.loops import expand, walk
-from loopmeta.merge.merger import MergeError, session_report
-from loopmeta.merge.render import to_text
-from loopmeta.merge.report import ExactnessError, check_exact, read_report, write_report
-from loopmeta.merge.session import Probe, probe_section, trace_session
-from loopmeta.patches import load_config
-from loopmeta.patches.engine import resolve
+from loopmeta.merge.loops import check_exact, expand, walk
+from loopmeta.model_configs import load_config
+from loopmeta.pipeline import Probe, probe_section, trace_session
+from loopmeta.report import read_report, session_report
+from loopmeta.writers import to_text, write_report
 from stubs.deepseek_ocr_v1 import MODES
 
 NEW = 3
@@ -84,7 +83,7 @@ def test_loop_bounds_match_the_facts(traced, v1_model):
     moe_layers = find(report.loops, container="model.layers", kind="for")
     assert [l.members for l in moe_layers] == [list(range(1, cfg.num_hidden_layers))] * 2
     selects = find(report.loops, kind="select")
-    assert all(s.total == cfg.n_routed_experts for s in selects)
+    assert all(s.container_size == cfg.n_routed_experts for s in selects)
     decode_select = selects[1]
     assert [len(p) for p in decode_select.picks] == [cfg.num_experts_per_tok] * ((NEW - 1) * (cfg.num_hidden_layers - 1))
     assert [l.kind for l in find(report.loops, address="lm_head")] == ["call", "call"]
@@ -94,7 +93,7 @@ def test_expansion_equals_independent_hook_counts(traced, v1_model):
     report, inputs = traced
     hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=NEW))
     got = expand(report.loops)
-    bound = {a for a, _, _ in resolve(v1_model, load_config("deepseek_ocr_v1"))}
+    bound = v1_instrumented_addresses(v1_model.config)
     assert got == Counter({a: hooks[a] for a in bound if hooks[a]})
     assert got["model.sam_model.blocks.1"] == 2 and got["lm_head"] == NEW and got["model.layers.2"] == NEW
     # the probe: TorchLens's structural nest expands to the hook counts of prefill + one decode step
@@ -162,37 +161,37 @@ def test_events_of_another_input_do_not_align(v1_model):
 def test_tampered_event_streams_are_refused(v1_sessions, v1_model):
     events = v1_sessions["gundam_2x3"]["recorder"].events
     config = load_config("deepseek_ocr_v1")
-    kids = v1_sessions["gundam_2x3"]["recorder"].header.containers
-    session_report(events, config, model_class="m", sizes=kids)  # the untouched stream is fine
+    kids = v1_sessions["gundam_2x3"]["recorder"].header.container_sizes
+    session_report(events, config, model_class="m", container_sizes=kids)  # the untouched stream is fine
     sam = next(e for e in events if e.address == "model.sam_model")
     with pytest.raises(MergeError, match=r"event seq 2 is missing \(next is model.sam_model.blocks.0:1"):
-        session_report([e for e in events if e is not sam], config, model_class="m", sizes=kids)
+        session_report([e for e in events if e is not sam], config, model_class="m", container_sizes=kids)
     expert = [e for e in events if e.role == "llm.moe.expert" and e.step == 2][0]
     with pytest.raises(MergeError, match="the stream lost a call"):
-        session_report([e for e in events if e is not expert], config, model_class="m", sizes=kids)
+        session_report([e for e in events if e is not expert], config, model_class="m", container_sizes=kids)
     orphan = [copy.copy(e) for e in events]
     for e in orphan:
         if e.address == "model.sam_model.blocks.0" and e.call_index == 1:
             e.parent = ("model.sam_model", 9)
     with pytest.raises(MergeError, match="names parent model.sam_model:9"):
-        session_report(orphan, config, model_class="m", sizes=kids)
+        session_report(orphan, config, model_class="m", container_sizes=kids)
     wrong = [copy.copy(e) for e in events]
     block = next(e for e in wrong if e.address == "model.sam_model.blocks.0" and e.call_index == 2)
     block.call_index = 1
     with pytest.raises(MergeError, match=r"two events for model.sam_model.blocks.0:1"):
-        session_report(wrong, config, model_class="m", sizes=kids)
+        session_report(wrong, config, model_class="m", container_sizes=kids)
     bad = [copy.copy(e) for e in events]
     layer = next(e for e in bad if e.role == "llm.layer")
     layer.lane = {**layer.lane, "extract_error": "model.layers.0:1: decoder_layer raised KeyError()"}
     with pytest.raises(MergeError, match="metadata extraction failed"):
-        session_report(bad, config, model_class="m", sizes=kids)
+        session_report(bad, config, model_class="m", container_sizes=kids)
 
 
 def test_tampered_count_is_caught_by_the_invariant(v1_sessions, v1_model):
     events = v1_sessions["base"]["recorder"].events
     roots = calltree.from_events(events)
     report = session_report(events, load_config("deepseek_ocr_v1"), model_class="m",
-                            sizes=v1_sessions["base"]["recorder"].header.containers)
+                            container_sizes=v1_sessions["base"]["recorder"].header.container_sizes)
     observed = calltree.counts(roots)
     observed["lm_head"] += 1
     with pytest.raises(ExactnessError, match="lm_head: observed 3 calls, report expands to 2"):
@@ -303,7 +302,7 @@ def test_worked_example_at_real_depth():
     (sam,) = find(report.loops, address="model.sam_model")
     assert [(l["view"], l["batch"], l.get("grid")) for l in sam.lanes] == [("local", 6, "3x2"), ("global", 1, None)]
     decode_select = find(report.loops, kind="select")[1]
-    assert decode_select.total == 64 and {len(p) for p in decode_select.picks} == {6}
+    assert decode_select.container_size == 64 and {len(p) for p in decode_select.picks} == {6}
     counts = expand(report.loops)
     assert (counts["model.sam_model"], counts["model.sam_model.blocks.5"],
             counts["model.vision_model.transformer.layers.9"], counts["model.layers.7"], counts["lm_head"]) == (
@@ -318,7 +317,7 @@ def test_report_rebuilt_from_a_saved_event_file(v1_sessions, v1_model, tmp_path)
 
     s = v1_sessions["gundam_2x3"]
     live = session_report(s["recorder"].events, load_config("deepseek_ocr_v1"), model_class="DeepseekOCRForCausalLM",
-                          sizes=s["recorder"].header.containers)
+                          container_sizes=s["recorder"].header.container_sizes)
     assert run_traced.main(["--from-events", str(s["path"]), "--out", str(tmp_path)]) == 0
     rebuilt = read_report(tmp_path / "report.json")
     assert expand(rebuilt.loops) == expand(live.loops)
@@ -355,12 +354,12 @@ def test_auto_probe_never_traces_more_steps_than_the_session(v1_model):
     assert (root.kind, root.address) == ("call", "")
     none, _ = trace_session(v1_model, lambda: v1_model(**{k: v for k, v in inputs.items() if k != "attention_mask"}),
                             config="deepseek_ocr_v1", probe="auto", check_versions=False)
-    assert none.probe is None and "never called generate()" in none.notes[-1]
+    assert none.probe is None and "generate() call cannot be repeated" in none.notes[-1]
 
 
 def test_moe_imbalance_counts_unused_experts():
-    from loopmeta.merge.merger import moe_table
-    from loopmeta.patches import CallEvent
+    from loopmeta.events import CallEvent
+    from loopmeta.report.moe import moe_table
 
     def moe(seq, hit, tokens):
         return CallEvent(session="s", seq=seq, step=0, phase="prefill", address="model.layers.1.mlp", class_name="M",

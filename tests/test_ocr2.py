@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_transformers5
+from loopmeta.builtin_models.pages import synthetic_page
 from loopmeta.merge.loops import expand, walk
-from loopmeta.merge.report import write_report
-from loopmeta.merge import session_report
-from loopmeta.merge.session import trace_session
-from loopmeta.patches import instrument, load_config
+from loopmeta.model_configs import load_config
+from loopmeta.patches import instrument
+from loopmeta.pipeline import trace_session
+from loopmeta.report import session_report
+from loopmeta.writers import write_report
 
 pytestmark = [needs_transformers5, pytest.mark.real_model]
 NEW = 3
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tiny():
-    from loopmeta.model_configs import deepseek_ocr2_tiny as T
+    from loopmeta.builtin_models import deepseek_ocr2_tiny as T
 
     return T
 
@@ -46,7 +48,7 @@ def router_ids(model, run):
 
 def session(tiny, experts="grouped_mm", image=(1600, 1200)):
     model = tiny.build_model("tiny", experts_implementation=experts)
-    inputs = tiny.prepare_inputs(tiny.build_processor(), tiny.synthetic_page(*image))
+    inputs = tiny.prepare_inputs(tiny.build_processor(), synthetic_page(*image))
     run = lambda: model.generate(**inputs, max_new_tokens=NEW, do_sample=False)  # noqa: E731
     report, _ = trace_session(model, run, probe="auto")
     return model, inputs, report, run
@@ -106,7 +108,7 @@ def test_expert_ledger_is_the_one_host_read_and_can_be_switched_off(tiny):
     from conftest import TensorOps
 
     model = tiny.build_model("tiny")
-    inputs = tiny.prepare_inputs(tiny.build_processor(), tiny.synthetic_page(640, 480))
+    inputs = tiny.prepare_inputs(tiny.build_processor(), synthetic_page(640, 480))
     run = lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False)  # noqa: E731
     with TensorOps() as plain:
         run()

@@ -1,4 +1,4 @@
-"""Real-code checks of the offline random-weight DeepSeek-OCR 2 session (``model_configs/deepseek_ocr2_tiny.py``).
+"""Real-code checks of the offline random-weight DeepSeek-OCR 2 session (``builtin_models/deepseek_ocr2_tiny.py``).
 
 Runs transformers' native ``deepseek_ocr2`` (transformers >= 5) with plain PyTorch forward hooks:
 crop plans against the real processor, vision-tower calls per forward, image-token counts, and the number of
@@ -6,9 +6,6 @@ root forwards in ``generate``. Seconds on CPU.
 """
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -21,21 +18,11 @@ pytest.importorskip("tokenizers", reason="tokenizers is needed for the offline t
 
 import torch  # noqa: E402
 
+from loopmeta.builtin_models import deepseek_ocr2_tiny as tiny  # noqa: E402
+from loopmeta.builtin_models.pages import synthetic_page  # noqa: E402
+from oracles.ocr2_crops import expected_crops  # noqa: E402
+
 pytestmark = pytest.mark.real_model
-
-
-def _load_tiny():
-    try:
-        from loopmeta.model_configs import deepseek_ocr2_tiny
-    except ImportError:  # repository not installed as `loopmeta`: load the file directly
-        path = Path(__file__).resolve().parents[1] / "model_configs" / "deepseek_ocr2_tiny.py"
-        spec = importlib.util.spec_from_file_location("deepseek_ocr2_tiny", path)
-        deepseek_ocr2_tiny = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(deepseek_ocr2_tiny)
-    return deepseek_ocr2_tiny
-
-
-tiny = _load_tiny()
 
 # (width, height) -> expected (cols, rows, K): two different crop counts and one without crops.
 SIZES = {
@@ -67,7 +54,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def inputs_by_size(processor):
-    return {wh: tiny.prepare_inputs(processor, tiny.synthetic_page(*wh, seed=1)) for wh in SIZES}
+    return {wh: tiny.prepare_inputs(processor, synthetic_page(*wh, seed=1)) for wh in SIZES}
 
 
 class _Calls:
@@ -103,7 +90,7 @@ class _Calls:
 @pytest.mark.parametrize("wh", list(SIZES))
 def test_expected_crops_matches_processor(wh, inputs_by_size):
     cols, rows, k = SIZES[wh]
-    plan = tiny.expected_crops(*wh)
+    plan = expected_crops(*wh)
     assert (plan.cols, plan.rows, plan.num_crops) == (cols, rows, k)
     assert plan.image_tokens == 256 + 144 * k + 1
 
@@ -127,8 +114,8 @@ def test_expected_crops_matches_processor(wh, inputs_by_size):
 def test_expected_crops_more_sizes_processor_only(wh, processor):
     """Exact ties (1250x1000: 2x2 vs 3x2 below the area threshold; 2000x1600: above it), tall, extreme,
     a float-only tie (1105x2652) and the 768 threshold, against the image processor alone."""
-    plan = tiny.expected_crops(*wh)
-    out = processor.image_processor(tiny.synthetic_page(*wh), return_tensors="pt")
+    plan = expected_crops(*wh)
+    out = processor.image_processor(synthetic_page(*wh), return_tensors="pt")
     assert out["num_local_patches"].tolist() == [plan.num_crops]
     if plan.num_crops:
         assert out["pixel_values_local"].shape[0] == plan.num_crops

@@ -9,8 +9,8 @@ import torch
 
 from loopmeta.merge.capture import capture
 from loopmeta.merge.loops import expand, walk
-from loopmeta.merge.merger import structural_report
-from loopmeta.merge.render import to_text
+from loopmeta.report.build import structural_report
+from loopmeta.writers import to_text
 
 
 @pytest.fixture(scope="module")
@@ -115,5 +115,5 @@ def test_config_free_select_only_where_members_leave_a_gap(chosen, kind):
     (loop,) = [l for l in walk(report.loops) if l.container == "experts"]
     assert (loop.kind, loop.members) == (kind, list(chosen))
     if kind == "select":
-        assert (loop.picks, loop.total) == ([list(chosen)], 6)
+        assert (loop.picks, loop.container_size) == ([list(chosen)], 6)
     assert expand(report.loops) == hook_counts(model, lambda: model(x))

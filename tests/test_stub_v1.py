@@ -1,6 +1,6 @@
 """Checks of the stubbed DeepSeek-OCR v1 model itself (tests/stubs/deepseek_ocr_v1), with plain forward hooks.
 
-Expected values come from shared/reference/deepseek-ocr-v1.md (token counts, crop grids, call structure) and from
+Expected values come from docs/models/deepseek-ocr-v1.md (token counts, crop grids, call structure) and from
 the stub config, never from loopmeta. The stub is imported only through ``load_stub_model`` (dynamic package).
 """
 

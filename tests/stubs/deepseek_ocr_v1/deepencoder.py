@@ -1,6 +1,6 @@
 """Stub of DeepSeek-OCR v1 ``deepencoder.py``: SAM ViT-B encoder, CLIP-L ViT and the MLP projector.
 
-Test double written from the facts in shared/reference/deepseek-ocr-v1.md: same class names, attribute names and
+Test double written from the facts in docs/models/deepseek-ocr-v1.md: same class names, attribute names and
 call order as the vendor, tiny widths read from the config. Not vendor code.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stub of DeepSeek-OCR v1 ``modeling_deepseekocr.py``: DeepseekOCRModel / DeepseekOCRForCausalLM, greedy
 ``generate`` and an ``infer`` that builds synthetic inputs like the vendor's ``infer``.
 
-Test double written from shared/reference/deepseek-ocr-v1.md (class names, attribute names, call order, token
+Test double written from docs/models/deepseek-ocr-v1.md (class names, attribute names, call order, token
 counts and crop-grid rule). Loaded under a dynamic package name by ``load_stub_model``; siblings are imported
 relative to that package, as Hugging Face remote code is. Not vendor code. Differences from the vendor that
 matter for CPU tests: no ``.cuda()`` calls, no bf16 autocast, no weight-init disabling helper.

@@ -1,6 +1,6 @@
 """Stub of DeepSeek-OCR v1 ``modeling_deepseekv2.py``: the DeepseekV2 LLM with MoE, eager MHA (use_mla = false).
 
-Test double written from shared/reference/deepseek-ocr-v1.md: class names, attribute names and call order as in
+Test double written from docs/models/deepseek-ocr-v1.md: class names, attribute names and call order as in
 the vendor, tiny widths. Pure torch plus ``transformers.DynamicCache`` (``update(k, v, layer_idx)`` and
 ``get_seq_length()``, identical in transformers 4.46 and 5.x). Not vendor code.
 """

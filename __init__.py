@@ -29,8 +29,9 @@ Example (config-free, runs anywhere torch and TorchLens are installed):
     <BLANKLINE>
     <root Net>
       blocks[0..2] for 3 (Linear)
-    >>> loopmeta.write_report(report, "out")["json"].name  # also report.txt and report.md; refused if inexact
-    'report.json'
+    >>> import tempfile
+    >>> sorted(loopmeta.write_report(report, tempfile.mkdtemp()))  # the files' paths; an inexact report is refused
+    ['json', 'markdown', 'text']
 """
 
 from __future__ import annotations

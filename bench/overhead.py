@@ -96,19 +96,15 @@ class Printer:
 # ---------------------------------------------------------------------------------------------------------
 def bench_size(size: str, reps: int, new_tokens: int, pipeline_reps: int, width: int, height: int,
                skip_pipeline: bool, out: Printer) -> dict[str, Any]:
-    from loopmeta.merge.capture import capture
     from loopmeta.builtin_models import deepseek_ocr2_tiny as T
-    from loopmeta.builtin_models.pages import synthetic_page
-    from loopmeta.pipeline import Probe, trace_session
+    from loopmeta.model_configs.pages import synthetic_page
     from loopmeta.patches import instrument
 
     t_build, model = timed(lambda: T.build_model(size=size, seed=0))
     model.eval()
     processor = T.build_processor()
     inputs = T.prepare_inputs(processor, synthetic_page(width, height))
-    input_ids = inputs["input_ids"]
-    rest = {k: v for k, v in inputs.items() if k != "input_ids"}
-    prompt_len = int(input_ids.shape[-1])
+    prompt_len = int(inputs["input_ids"].shape[-1])
     crops = int(inputs["pixel_values_local"].shape[0]) if "pixel_values_local" in inputs else 0
     n_params = sum(p.numel() for p in model.parameters())
     out.line(f"[{size}] {n_params / 1e6:.1f} M params, built in {t_build:.1f} s; page {width}x{height}, "
@@ -154,11 +150,22 @@ def bench_size(size: str, reps: int, new_tokens: int, pipeline_reps: int, width:
     result: dict[str, Any] = {"size": size, "reps": reps, "new_tokens": new_tokens, "produced": produced,
                               "times": times, "events": events_seen, "same_output": same,
                               "params": n_params, "crops": crops, "prompt_len": prompt_len}
-    if skip_pipeline:
-        return result
+    if not skip_pipeline:
+        result.update(pipeline_part(model, inputs, size, new_tokens, pipeline_reps, out))
+    return result
 
-    # ---- part 2: the whole pipeline and TorchLens over the whole generate
+
+def pipeline_part(model: Any, inputs: Any, size: str, new_tokens: int, pipeline_reps: int,
+                  out: Printer) -> dict[str, Any]:
+    """Part 2: the whole pipeline (trace_session with a 2-token probe) and TorchLens over the whole generate."""
     import torchlens  # noqa: F401  (imported here so that its import time is not in the first timed call)
+
+    from loopmeta.merge.calltree import counts, from_trace
+    from loopmeta.merge.capture import capture
+    from loopmeta.pipeline import Probe, trace_session
+
+    input_ids = inputs["input_ids"]
+    rest = {k: v for k, v in inputs.items() if k != "input_ids"}
 
     probe = Probe(model.generate, (input_ids,), {**rest, "max_new_tokens": 2})
     pipe_times: list[float] = []
@@ -174,11 +181,10 @@ def bench_size(size: str, reps: int, new_tokens: int, pipeline_reps: int, width:
             t, tree = timed(lambda: capture(model.generate, (input_ids,), {**rest, "max_new_tokens": new_tokens},
                                             model=model))
             cap_times.append(t)
-            info["tl_calls"] = sum(tree.call_counts().values())
+            info["tl_calls"] = sum(counts(from_trace(tree)).values())
             out.line(f"[{size}]   TorchLens capture(generate, {new_tokens} tokens) rep {r + 1}/{pipeline_reps}: "
                      f"{t:.2f} s ({info['tl_calls']} module calls); load {loadavg()}")
-    result.update(pipeline=pipe_times, capture=cap_times, info=info)
-    return result
+    return {"pipeline": pipe_times, "capture": cap_times, "info": info}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                                   args.skip_pipeline, out))
         out.line("")
 
-    # ---- tables
+    summarize(results, args, out)
+    out.line(f"total wall time {time.perf_counter() - t_all:.0f} s; load average at end {loadavg()}")
+    return 0
+
+
+def summarize(results: list[dict[str, Any]], args: argparse.Namespace, out: Printer) -> None:
+    """The result tables, the output check and the target verdict."""
     rows1 = []
     rows2 = []
     for res in results:
@@ -273,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
                  f"(ledger on {ratio:.3f}x, ledger off {ratio_off:.3f}x)")
     if "quarter" not in args.sizes:
         out.line(f"target (events-only <= {TARGET:.2f}x plain at quarter width): not checked, quarter not run")
-    out.line(f"total wall time {time.perf_counter() - t_all:.0f} s; load average at end {loadavg()}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,13 +25,14 @@ The crop rule and token counts of the real processor: docs/models/deepseek-ocr2-
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import torch
 
 from ..errors import SessionError
 from ..model_configs.sessions import Session, SessionRequest
-from .pages import load_image
+from ..model_configs.pages import load_image
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants shared by the tokenizer and the config
@@ -47,7 +48,7 @@ _WORDS = (
 ).split()
 TOKENIZER_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(_WORDS)
 
-SIZES = ("tiny", "quarter")
+SIZES = ("tiny", "quarter")  # keys of _SHAPES
 DEFAULT_PROMPT = "<image>\nFree OCR."
 
 
@@ -62,88 +63,39 @@ def is_available() -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Config and model
 # ---------------------------------------------------------------------------------------------------------
+# Sub-config keyword arguments per size: SAM, vision encoder, language model (see the module docstring).
+_SHAPES = {
+    "tiny": dict(
+        sam=dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, global_attn_indexes=[1, 3],
+                 window_size=14, output_channels=16, downsample_channels=[24, 48],  # the last = the encoder width
+                 image_size=1024, patch_size=16),
+        encoder=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=16,  # unused (the encoder gets inputs_embeds)
+                     max_position_embeddings=2048),
+        text=dict(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                  num_experts_per_tok=2, n_shared_experts=1, mlp_layer_types=["dense"] + ["sparse"] * 2,
+                  max_position_embeddings=4096)),
+    "quarter": dict(
+        sam=dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11],
+                 window_size=14, output_channels=64, downsample_channels=[128, 224], image_size=1024,
+                 patch_size=16),
+        encoder=dict(hidden_size=224, intermediate_size=1216, num_hidden_layers=24, num_attention_heads=14,
+                     num_key_value_heads=2, vocab_size=16, max_position_embeddings=2048),
+        text=dict(vocab_size=129280, hidden_size=320, intermediate_size=1712, moe_intermediate_size=224,
+                  num_hidden_layers=12, num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64,
+                  num_experts_per_tok=6, n_shared_experts=2, mlp_layer_types=["dense"] + ["sparse"] * 11,
+                  max_position_embeddings=8192)),
+}
+
+
 def _size_dicts(size: str) -> tuple[dict, dict, dict]:
-    if size == "tiny":
-        sam = dict(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            global_attn_indexes=[1, 3],
-            window_size=14,
-            output_channels=16,
-            downsample_channels=[24, 48],  # last one must equal the encoder width
-            image_size=1024,
-            patch_size=16,
-        )
-        enc = dict(
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=16,  # unused (the encoder gets inputs_embeds)
-            max_position_embeddings=2048,
-        )
-        n_layers = 3
-        text = dict(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=128,
-            moe_intermediate_size=32,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            n_routed_experts=8,
-            num_experts_per_tok=2,
-            n_shared_experts=1,
-            mlp_layer_types=["dense"] + ["sparse"] * (n_layers - 1),
-            max_position_embeddings=4096,
-        )
-    elif size == "quarter":
-        sam = dict(
-            hidden_size=192,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            global_attn_indexes=[2, 5, 8, 11],
-            window_size=14,
-            output_channels=64,
-            downsample_channels=[128, 224],
-            image_size=1024,
-            patch_size=16,
-        )
-        enc = dict(
-            hidden_size=224,
-            intermediate_size=1216,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            vocab_size=16,
-            max_position_embeddings=2048,
-        )
-        n_layers = 12
-        text = dict(
-            vocab_size=129280,
-            hidden_size=320,
-            intermediate_size=1712,
-            moe_intermediate_size=224,
-            num_hidden_layers=n_layers,
-            num_attention_heads=10,
-            num_key_value_heads=10,
-            n_routed_experts=64,
-            num_experts_per_tok=6,
-            n_shared_experts=2,
-            mlp_layer_types=["dense"] + ["sparse"] * (n_layers - 1),
-            max_position_embeddings=8192,
-        )
-    else:
+    if size not in _SHAPES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
-    text.update(
-        pad_token_id=PAD_TOKEN_ID,
-        bos_token_id=BOS_TOKEN_ID,
-        eos_token_id=EOS_TOKEN_ID,
-        topk_method="greedy",
-    )
-    return sam, enc, text
+    shapes = copy.deepcopy(_SHAPES[size])
+    text = {**shapes["text"], "pad_token_id": PAD_TOKEN_ID, "bos_token_id": BOS_TOKEN_ID,
+            "eos_token_id": EOS_TOKEN_ID, "topk_method": "greedy"}
+    return shapes["sam"], shapes["encoder"], text
 
 
 def tiny_config(size: str = "tiny", attn_implementation: str = "sdpa", experts_implementation: str | None = None):

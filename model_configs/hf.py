@@ -45,7 +45,7 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..builtin_models.pages import load_image
+    from .pages import load_image
 
     common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
     extra = {"attn_implementation": request.attn_implementation} if request.attn_implementation else {}

@@ -43,4 +43,4 @@ class ExactnessError(LoopmetaError):
 
 
 class ReportFileError(LoopmetaError):
-    """A report file is not a loopmeta report of the version this loopmeta reads."""
+    """A report file cannot be written, or is not a loopmeta report of the version this loopmeta reads."""

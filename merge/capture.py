@@ -182,7 +182,7 @@ def capture(fn: Any, args: Any = (), kwargs: Mapping[str, Any] | None = None, *,
 
 
 def _check_trustworthy(trace: Any) -> None:
-    """A trace whose forward ran twice, or that saved activations, is refused (docs/torchlens.md#traps)."""
+    """A trace whose forward ran twice, or that saved activations, is refused (docs/torchlens.md#forward-re-runs)."""
     rerun = getattr(trace, "rescue_rerun", None)
     if rerun is not None:
         detail = ""

@@ -163,3 +163,19 @@ def test_built_wheel_works_outside_the_checkout(tmp_path, v1_sessions):
     assert done.stdout.splitlines()[0].startswith(str(site))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md", "report.txt"]
     assert "model.sam_model" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_docs_cited_in_the_tree_exist():
+    """Every `docs/...md#anchor` named in code, configs and docs is a file with that heading."""
+    cited = set()
+    for path in ROOT.rglob("*"):
+        if path.suffix in (".py", ".toml", ".md") and not {"build", ".git"} & set(path.relative_to(ROOT).parts):
+            cited |= set(re.findall(r"docs/\w[\w/.-]*\.md(?:#[\w-]+)?", path.read_text(encoding="utf-8")))
+    assert len(cited) > 10
+    for ref in sorted(cited):
+        file, _, anchor = ref.partition("#")
+        assert (ROOT / file).is_file(), ref
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / file).read_text(encoding="utf-8"), re.M)
+            slugs = {re.sub(r"[^\w -]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, ref

@@ -50,3 +50,12 @@ def test_builtin_model_needs_transformers5(tmp_path):
     done = run(cwd=tmp_path)
     assert done.returncode == 2
     assert "the built-in model needs transformers 5.x" in done.stderr
+
+
+def test_unwritable_output_folder(tmp_path, v1_sessions):
+    """A report that cannot be written is a one-line error, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    done = run("--from-events", str(v1_sessions["base"]["path"]), "--out", str(blocker / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot write the report to" in done.stderr and "--out" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ReportFileError
 from ..merge.loops import check_exact
 from ..report.schema import Report, to_json
 from .markdown import to_markdown
@@ -14,11 +15,14 @@ def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> d
     """Check exactness, then write the JSON, text and Markdown forms; return their paths by form."""
     check_exact(report.loops, report.counts)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     forms = {"json": (".json", to_json(report)), "text": (".txt", to_text(report) + "\n"),
              "markdown": (".md", to_markdown(report) + "\n")}
-    paths = {}
-    for form, (suffix, content) in forms.items():
-        paths[form] = out / f"{stem}{suffix}"
-        paths[form].write_text(content, encoding="utf-8")
+    paths = {form: out / f"{stem}{suffix}" for form, (suffix, _) in forms.items()}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for form, (_, content) in forms.items():
+            paths[form].write_text(content, encoding="utf-8")
+    except OSError as exc:
+        raise ReportFileError(f"cannot write the report to {out}: {exc}. Pass an output folder you can write "
+                              "(--out).") from None
     return paths

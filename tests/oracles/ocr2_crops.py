@@ -1,5 +1,5 @@
 """Independent oracle for the tests: DeepSeek-OCR 2's crop plan computed from the stated rule
-(docs/models/deepseek-ocr2-transformers.md#crops), without calling the image processor."""
+(docs/models/deepseek-ocr2-transformers.md#crop-grid), without calling the image processor."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import wrapt
 
 from .common.attributes import Swap
-from .errors import InstrumentationError, MergeError
+from .errors import InstrumentationError
 from .merge.align import align
 from .merge.capture import capture
 from .merge.gemms import gemm_table
@@ -109,15 +109,15 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         else:
             with first:
                 output = run()
-    if recorder.faults:
-        raise MergeError("recording failed, the events are incomplete:\n  " + "\n  ".join(recorder.faults))
+    report = session_report(recorder.events, inst.config, model_class=type(model).__name__, end=recorder.end,
+                            container_sizes=recorder.header.container_sizes)
+    if recorder.write_failed:
+        report.notes.append(f"the events file is incomplete ({recorder.write_failed}); this report is built from "
+                            "the events kept in memory")
     if probe == "auto":
         probe = _auto_probe(inst.config, first, model, recorder.steps)
-        missing = None if probe else f"no TorchLens probe: the session's {spec.probe_method}() call cannot be repeated"
-    report = session_report(recorder.events, inst.config, model_class=type(model).__name__,
-                            container_sizes=recorder.header.container_sizes)
-    if probe is None and first is not None:
-        report.notes.append(missing)
+        if probe is None:
+            report.notes.append(f"no TorchLens probe: the session's {spec.probe_method}() call cannot be repeated")
     if probe is not None:
         report.probe = probe_section(model, probe, inst.config, recorder.events,
                                      {b.address: b.target.stage for b in inst.bindings})

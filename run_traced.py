@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="DeepSeek-OCR 2: do not read the router's top-k ids (no MoE selection in the report)")
     p.add_argument("--from-events", type=Path, metavar="EVENTS_JSONL",
                    help="no model run: rebuild the report from a saved event stream (its config, or --config)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="with --from-events: report the finished steps of a stream that did not end normally, "
+                        "marked incomplete")
     p.add_argument("--out", type=Path, default=Path("loopmeta-out"), help="output folder (default loopmeta-out)")
     return p.parse_args(argv)
 
@@ -83,17 +86,28 @@ def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
     return config, config.function(config.session.load)(request, config)
 
 
-def report_from_events(path: Path, config: str) -> Any:
-    """The session report of a saved event stream, without the model (no TorchLens probe)."""
+def report_from_events(path: Path, config: str, allow_incomplete: bool) -> Any:
+    """The session report of a saved event stream, without the model (no TorchLens probe). The stream names its
+    config; only a built-in one is loaded by that name: reading a stream never runs code the stream names."""
     from loopmeta.events.stream import read_events
-    from loopmeta.model_configs.config import load_config
+    from loopmeta.model_configs.config import builtin_configs, load_config
     from loopmeta.report.build import session_report
 
     if not path.is_file():
         raise SessionError(f"event file {path} not found: pass the events.jsonl a run wrote")
-    header, events = read_events(path)
-    chosen = load_config(header.config if config == "auto" else config)
-    return session_report(events, chosen, model_class=header.model_class, container_sizes=header.container_sizes)
+    header, events, end = read_events(path)
+    if config == "auto":
+        if header.config not in builtin_configs():
+            raise ConfigError(f"{path} was recorded with config {header.config!r}, which is not built in: pass its "
+                              "TOML with --config")
+        config = header.config
+    chosen = load_config(config)
+    if chosen.name != header.config or (chosen.root_classes and header.model_class not in chosen.root_classes):
+        raise ConfigError(f"config {chosen.name!r} (root classes {list(chosen.root_classes)}) does not match the "
+                          f"stream, recorded with config {header.config!r} on a {header.model_class}: pass that "
+                          "config, or leave --config out")
+    return session_report(events, chosen, model_class=header.model_class, end=end,
+                          container_sizes=header.container_sizes, allow_incomplete=allow_incomplete)
 
 
 def run(args: argparse.Namespace, console: Any) -> int:
@@ -101,7 +115,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
     from loopmeta.writers import to_text, write_report
 
     if args.from_events is not None:
-        report = report_from_events(args.from_events, args.config)
+        report = report_from_events(args.from_events, args.config, args.allow_incomplete)
         paths = write_report(report, args.out)
         print(to_text(report))
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))

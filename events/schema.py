@@ -1,4 +1,5 @@
-"""Event schema: one `SessionHeader` per session, one `CallEvent` per call of an instrumented module.
+"""Event schema: one `SessionHeader` per session, one `CallEvent` per call of an instrumented module, one
+`SessionEnd` when the session is over (a stream without it was cut: the run was killed or the file truncated).
 
 Invariants: `call_index` is 1-based per address over the whole session (TorchLens's `address:k` numbering);
 `seq` is the 0-based order in which calls *started*; `parent` is the innermost instrumented call that was running
@@ -27,13 +28,15 @@ class TensorMeta:
 @dataclass(frozen=True)
 class SessionHeader:
     """`container_sizes`: members of each container whose members run as a data-dependent selection (the M of
-    `select k of M`); `versions`: the packages the config depends on, and torch."""
+    `select k of M`); `versions`: the packages the config depends on, and torch; `step_role`: the role whose
+    calls start the steps (None when the config has no step target)."""
 
     session: str
     config: str
     model_class: str
     versions: dict[str, str]
     container_sizes: dict[str, int] = field(default_factory=dict)
+    step_role: str | None = None
     schema: str = SCHEMA
     version: int = SCHEMA_VERSION
 
@@ -61,3 +64,22 @@ class CallEvent:
     @property
     def key(self) -> tuple[str, int]:
         return (self.address, self.call_index)
+
+
+ENDINGS = ("returned", "raised", "interrupted")
+
+
+@dataclass(frozen=True)
+class SessionEnd:
+    """How a session ended: `returned` (the instrumented block finished), `raised` (an exception left it, `error` its
+    type) or `interrupted` (KeyboardInterrupt); `events` and `steps` count what was recorded, so a reader can tell a
+    stream that lost events from a complete one. `write_failed`: the events file lost events (the memory kept them);
+    `faults`: calls that could not be recorded (e.g. under torch.compile): no report can be made."""
+
+    session: str
+    events: int
+    steps: int
+    ended: str
+    error: str | None = None
+    write_failed: str | None = None
+    faults: tuple[str, ...] = ()

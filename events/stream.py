@@ -1,6 +1,7 @@
-"""The JSONL event stream: line 1 is the `SessionHeader` (`"kind": "header"`), every later line a `CallEvent`
+"""The JSONL event stream: line 1 is the `SessionHeader` (`"kind": "header"`), then one `CallEvent` per line
 (`"kind": "call"`), written when the call returns (or raises) and flushed at once, so a crash keeps every event
-before it. `read_events` validates every line and names the first bad one.
+before it; the last line is the `SessionEnd` (`"kind": "end"`). `read_events` validates every line, names the
+first bad one, and checks the end record's counts against what it read.
 """
 
 from __future__ import annotations
@@ -8,17 +9,26 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ..common.jsonable import jsonable
 from ..errors import EventFileError
 from .lanes import PHASES
-from .schema import SCHEMA, SCHEMA_VERSION, CallEvent, SessionHeader, TensorMeta
+from .schema import ENDINGS, SCHEMA, SCHEMA_VERSION, CallEvent, SessionEnd, SessionHeader, TensorMeta
+
+Record = SessionHeader | CallEvent | SessionEnd
+_KINDS = {SessionHeader: "header", CallEvent: "call", SessionEnd: "end"}
 
 
-def dump_line(obj: SessionHeader | CallEvent) -> str:
+class EventStream(NamedTuple):
+    header: SessionHeader
+    events: list[CallEvent]
+    end: SessionEnd | None  # None: the stream was cut (the run was killed, or the file truncated)
+
+
+def dump_line(obj: Record) -> str:
     data = jsonable(obj)
-    data["kind"] = "header" if isinstance(obj, SessionHeader) else "call"
+    data["kind"] = _KINDS[type(obj)]
     return json.dumps(data, separators=(",", ":"))  # field and lane order kept as written
 
 
@@ -34,7 +44,7 @@ class EventWriter:
         self._fh = self.path.open("w", encoding="utf-8")
         self.write(header)
 
-    def write(self, obj: SessionHeader | CallEvent) -> None:
+    def write(self, obj: Record) -> None:
         if self._fh is None:
             raise EventFileError(f"event file {self.path} is not open")
         self._fh.write(dump_line(obj) + "\n")
@@ -94,42 +104,91 @@ def _header_from_dict(data: dict[str, Any], where: str) -> SessionHeader:
     if data.get("version") != SCHEMA_VERSION:
         raise EventFileError(f"{where}: schema version {data.get('version')!r}, this loopmeta reads version "
                              f"{SCHEMA_VERSION}")
+    sizes, step_role = data.get("container_sizes", {}), data.get("step_role")
+    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
+        raise EventFileError(f"{where}: bad header: container_sizes must map containers to ints, got {sizes!r}")
+    if step_role is not None and not isinstance(step_role, str):
+        raise EventFileError(f"{where}: bad header: step_role must be a string or null, got {step_role!r}")
     try:
         return SessionHeader(session=str(data["session"]), config=str(data["config"]),
                              model_class=str(data["model_class"]), versions=dict(data["versions"]),
-                             container_sizes={str(k): int(v) for k, v in data.get("container_sizes", {}).items()})
+                             container_sizes=dict(sizes), step_role=step_role)
     except (KeyError, TypeError, ValueError) as exc:
         raise EventFileError(f"{where}: bad header ({exc!r})") from None
 
 
-def read_events(path: str | Path) -> tuple[SessionHeader, list[CallEvent]]:
+def _end_from_dict(data: dict[str, Any], where: str) -> SessionEnd:
+    fields = {f.name for f in dataclasses.fields(SessionEnd)}
+    unknown = set(data) - fields - {"kind"}
+    if unknown or not {"session", "events", "steps", "ended"} <= set(data):
+        raise EventFileError(f"{where}: bad end record: needs session, events, steps, ended; unknown keys "
+                             f"{sorted(unknown)}")
+    if data["ended"] not in ENDINGS or type(data["events"]) is not int or type(data["steps"]) is not int:
+        raise EventFileError(f"{where}: bad end record: ended must be one of {ENDINGS} and the counts ints")
+    faults = data.get("faults", [])
+    if not isinstance(faults, list) or not all(isinstance(f, str) for f in faults):
+        raise EventFileError(f"{where}: bad end record: faults must be a list of strings")
+    return SessionEnd(**{k: v for k, v in data.items() if k in fields and k != "faults"}, faults=tuple(faults))
+
+
+def _check_counts(path: Path, header: SessionHeader, events: list[CallEvent], end: SessionEnd) -> None:
+    """The end record counts what was recorded: fewer events or steps in the file means the file lost them."""
+    steps = len({e.step for e in events if e.role == header.step_role}) if header.step_role else 0
+    if (end.events, end.steps) != (len(events), steps):
+        raise EventFileError(f"{path}: the end record counts {end.events} events in {end.steps} steps, the file holds "
+                             f"{len(events)} events in {steps} steps: the stream lost events; no report is made")
+
+
+def read_events(path: str | Path) -> EventStream:
     """Read and validate an event file; raise `EventFileError` naming the line of the first problem."""
     path = Path(path)
     events: list[CallEvent] = []
     header: SessionHeader | None = None
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EventFileError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(data, dict):
-                raise EventFileError(f"{where}: expected a JSON object")
-            if header is None:
-                header = _header_from_dict(data, where)
-                continue
-            if data.get("kind") != "call":
-                raise EventFileError(f"{where}: expected kind 'call', got {data.get('kind')!r}")
-            try:
-                event = _event_from_dict(data)
-            except (ValueError, TypeError) as exc:
-                raise EventFileError(f"{where}: {exc}") from None
-            if event.session != header.session:
-                raise EventFileError(f"{where}: session {event.session!r} != header {header.session!r}")
-            events.append(event)
+    end: SessionEnd | None = None
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                data = _line(line, where)
+                if header is None:
+                    header = _header_from_dict(data, where)
+                elif end is not None:
+                    raise EventFileError(f"{where}: a line after the end record")
+                elif data.get("kind") == "end":
+                    end = _end_from_dict(data, where)
+                else:
+                    events.append(_call(data, where, header))
+    except UnicodeDecodeError as exc:
+        raise EventFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a loopmeta event "
+                             "stream") from None
+    except OSError as exc:
+        raise EventFileError(f"cannot read event file {path}: {exc}") from None
     if header is None:
         raise EventFileError(f"{path}: empty file, no {SCHEMA} header")
-    return header, events
+    if end is not None:
+        _check_counts(path, header, events, end)
+    return EventStream(header, events, end)
+
+
+def _line(line: str, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EventFileError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise EventFileError(f"{where}: expected a JSON object")
+    return data
+
+
+def _call(data: dict[str, Any], where: str, header: SessionHeader) -> CallEvent:
+    if data.get("kind") != "call":
+        raise EventFileError(f"{where}: expected kind 'call', got {data.get('kind')!r}")
+    try:
+        event = _event_from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise EventFileError(f"{where}: {exc}") from None
+    if event.session != header.session:
+        raise EventFileError(f"{where}: session {event.session!r} != header {header.session!r}")
+    return event

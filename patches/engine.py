@@ -3,6 +3,9 @@
 Invariants:
 - a class's `forward` is wrapped while at least one bound instance of it is live (reference-counted), and the
   identical original attribute object is put back when the last one goes (common/attributes.py);
+- a module whose instance carries its own `forward` (accelerate's hooks put one there) gets that attribute wrapped
+  too, so its calls are seen; it is restored with the rest;
+- the registries change only under `LOCK`, so instrumenting and uninstrumenting from several threads is safe;
 - the wrapper records only calls of instances bound to a live instrumentation and passes every other call straight
   through; a call that re-enters the same instance (a subclass forward calling `super().forward`) is one call;
 - nothing the recorder does can raise into the user's forward: a recorder failure is kept as a fault and the call
@@ -11,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,8 +40,13 @@ class _ClassPatch:
     users: int = 0
 
 
+COMPILED = ("the model ran under torch.compile, whose compiled graphs run without the wrappers: its calls cannot be "
+            "recorded. Instrument the model without torch.compile")
+
+LOCK = threading.RLock()
 _CLASS_PATCHES: dict[type, _ClassPatch] = {}
 _BOUND: dict[int, tuple[Binding, Any]] = {}  # id(module) -> (binding, recorder)
+_INSTANCE_SWAPS: dict[int, Swap] = {}  # id(module) -> its wrapped instance-level forward
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -45,6 +54,9 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     if entry is None or entry[0].module is not instance:
         return wrapped(*args, **kwargs)
     binding, recorder = entry
+    if _is_compiling():  # a compiled graph runs without this wrapper: its calls cannot be counted
+        recorder.fault(COMPILED)
+        return wrapped(*args, **kwargs)
     try:
         current = recorder.current()
         if current is not None and current.module is instance:
@@ -69,24 +81,45 @@ def _exit(recorder: Any, call: Any, token: Any, result: Any, error: BaseExceptio
         recorder.fault(f"recording the end of {call.address}:{call.index}: {exc!r}")
 
 
+def _is_compiling() -> bool:
+    return False
+
+
 def bind(bindings: list[Binding], recorder: Any) -> None:
-    """Route the calls of these modules to `recorder`, wrapping their classes' `forward` where not yet wrapped."""
+    """Route the calls of these modules to `recorder`: wrap their classes' `forward` where not yet wrapped, and each
+    instance-level `forward` (call under `LOCK`)."""
+    global _is_compiling
+    import torch
+
+    _is_compiling = torch.compiler.is_compiling
     for b in bindings:
         cls = type(b.module)
         patch = _CLASS_PATCHES.get(cls)
         if patch is None:
             raw = next(vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k))  # as defined, unbound
-            wrapper = wrapt.FunctionWrapper(raw, _dispatch)
-            patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapper))
+            patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapt.FunctionWrapper(raw, _dispatch)))
         patch.users += 1
         _BOUND[id(b.module)] = (b, recorder)
+        own = vars(b.module).get("forward")
+        if own is not None:
+            _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", wrapt.FunctionWrapper(own, _on(b.module)))
+
+
+def _on(module: Any) -> Callable[..., Any]:
+    """A wrapper for an instance-level forward, which wrapt calls without an instance."""
+    def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return _dispatch(wrapped, module, args, kwargs)
+    return wrapper
 
 
 def unbind(bindings: list[Binding]) -> None:
-    """Undo `bind`: a class gets its original `forward` back when its last bound module goes."""
+    """Undo `bind` (call under `LOCK`): a class gets its original `forward` back when its last bound module goes."""
     for b in bindings:
         if _BOUND.pop(id(b.module), None) is None:
             continue
+        swap = _INSTANCE_SWAPS.pop(id(b.module), None)
+        if swap is not None:
+            swap.restore()
         cls = type(b.module)
         patch = _CLASS_PATCHES[cls]
         patch.users -= 1

@@ -8,8 +8,10 @@ Invariants (after OpenTelemetry's instrumentors):
 - construction has no side effects: nothing is resolved, opened or patched until `instrument()` (or entering);
 - `instrument()` checks everything first (config, root class, version pins, targets, modules free) and patches
   nothing when a check fails; then it opens the events file, binds the modules and returns the `Recorder`;
-- `uninstrument()` restores every patched attribute and closes the file; it is idempotent, also after the forward
-  raised; one `Instrumentation` serves one session: using it again raises `InstrumentationError`.
+- `uninstrument()` restores every patched attribute and closes the file with an end record saying how the session
+  ended; it is idempotent, also after the forward raised; one `Instrumentation` serves one session: using it again
+  raises `InstrumentationError`;
+- two live sessions never share a model, a module or an events file; the registries change under one lock.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .recorder import Recorder
 log = logging.getLogger("loopmeta")
 
 _LIVE: dict[int, "Instrumentation"] = {}  # id(model) -> its live instrumentation
+_OPEN_FILES: dict[Path, "Instrumentation"] = {}  # events file -> the live instrumentation writing it
 
 
 def check_pins(config: ModelConfig) -> None:
@@ -113,8 +116,13 @@ class Instrumentation:
         self.bindings: list[engine.Binding] = []
         self.recorder: Recorder | None = None
         self.state = "new"  # new -> active -> done
+        self._events_key: Path | None = None
 
     def instrument(self) -> Recorder:
+        with engine.LOCK:
+            return self._instrument()
+
+    def _instrument(self) -> Recorder:
         if self.state != "new":
             raise InstrumentationError(
                 "this Instrumentation is already " + ("active" if self.state == "active" else "used") + f" (session "
@@ -122,6 +130,14 @@ class Instrumentation:
         if id(self.model) in _LIVE:
             raise InstrumentationError(f"{type(self.model).__name__} is already instrumented by config "
                                        f"{_LIVE[id(self.model)].config.name!r}; uninstrument it first")
+        if getattr(self.model, "_compiled_call_impl", None) is not None or hasattr(self.model, "_orig_mod"):
+            raise InstrumentationError(f"{type(self.model).__name__} is compiled with torch.compile, whose graphs run "
+                                       "without the wrappers: instrument the model before compiling it, or not at all")
+        events = Path(self.events_path).resolve() if self.events_path is not None else None
+        if events in _OPEN_FILES:
+            raise InstrumentationError(f"the events file {self.events_path} is being written by another live session "
+                                       f"(of {type(_OPEN_FILES[events].model).__name__}): give each session its own "
+                                       "file")
         config = _choose(self.model, self.requested_config)
         if config.root_classes and type(self.model).__name__ not in config.root_classes:
             raise ConfigError(f"config {config.name!r} is for root classes {list(config.root_classes)}; got a "
@@ -138,33 +154,44 @@ class Instrumentation:
         header = SessionHeader(session=uuid.uuid4().hex[:12], config=config.name,
                                model_class=type(self.model).__name__, versions=_versions(config),
                                container_sizes={c: len(list(self.model.get_submodule(c).children()))
-                                                for c in selected})
+                                                for c in selected},
+                               step_role=config.step_target.role if config.step_target else None)
         try:
             recorder = Recorder(header, self.events_path, self.options)
         except OSError as exc:
-            raise InstrumentationError(f"cannot open the events file {self.events_path}: {exc}") from None
+            raise InstrumentationError(f"cannot write the events file {self.events_path}: {exc.strerror or exc}. "
+                                       "Pass a file path in a folder you can write (--out).") from None
         self.config, self.bindings, self.recorder = config, bindings, recorder
         engine.bind(bindings, recorder)
         _LIVE[id(self.model)] = self
+        if events is not None:
+            _OPEN_FILES[events] = self
+        self._events_key = events
         self.state = "active"
         log.info("loopmeta: instrumented %s with config %s (%d modules)", type(self.model).__name__, config.name,
                  len(bindings))
         return recorder
 
-    def uninstrument(self) -> None:
-        """Restore everything and close the events file; a no-op unless active."""
-        if self.state != "active":
-            return
-        engine.unbind(self.bindings)
-        del _LIVE[id(self.model)]
-        self.state = "done"
-        self.recorder.close()
+    def uninstrument(self, ended: str = "returned", error: str | None = None) -> None:
+        """Restore everything, then close the events file with its end record; a no-op unless active."""
+        with engine.LOCK:
+            if self.state != "active":
+                return
+            engine.unbind(self.bindings)
+            _LIVE.pop(id(self.model), None)
+            _OPEN_FILES.pop(self._events_key, None)
+            self.state = "done"
+        self.recorder.close(ended, error)
 
     def __enter__(self) -> Recorder:
         return self.recorder if self.state == "active" else self.instrument()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.uninstrument()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        if exc_type is None:
+            self.uninstrument()
+        else:
+            interrupted = issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+            self.uninstrument("interrupted" if interrupted else "raised", exc_type.__name__)
 
 
 def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,

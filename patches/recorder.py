@@ -3,21 +3,25 @@
 Invariants: call indices count per address over the session; the parent stack lives in a `ContextVar`, so
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
 (the model's top-level forward); calls before the first step belong to step 0 (lane `before_first_forward`).
-Wrappers only read shapes, dtypes, devices and Python values. A failure inside the recorder (a full disk, a bug) is
-kept in `faults` and never reaches the user's forward; a session with faults gets no report.
+Wrappers only read shapes, dtypes, devices and Python values. Nothing the recorder does reaches the user's forward:
+an extractor that raises or returns something that is not plain JSON marks its event (`extract_error`); a failed
+write of the events file stops the file, keeps every event in memory and warns once (`write_failed`); any other
+internal failure is kept in `faults`, and a session with faults gets no report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..events import lanes
-from ..events.schema import CallEvent, SessionHeader, TensorMeta
+from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
 from ..common.tensors import tensor_leaves
 
@@ -26,6 +30,17 @@ def tensor_metas(value: Any) -> tuple[TensorMeta, ...]:
     """Metadata of the tensors in a value, in the order TorchLens summarises them (common/tensors.py)."""
     return tuple(TensorMeta(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), str(t.device))
                  for name, t in tensor_leaves(value))
+
+
+def json_safe(value: Any) -> bool:
+    """True for the plain JSON values a lane may hold: None, str, int, float, bool, lists, tuples, str-keyed dicts."""
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    if type(value) in (list, tuple):
+        return all(json_safe(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and json_safe(v) for k, v in value.items())
+    return False
 
 
 _SIGNATURES: dict[Any, list[str]] = {}
@@ -88,6 +103,8 @@ class Recorder:
         self.session = header.session
         self.events: list[CallEvent] = []
         self.faults: list[str] = []
+        self.write_failed: str | None = None
+        self.end: SessionEnd | None = None
         self.state: dict[str, Any] = {"options": dict(options or {})}
         self.steps = 0
         self._writer = EventWriter(events_path) if events_path else None
@@ -145,25 +162,50 @@ class Recorder:
         self.events.append(event)
         if call.parent is not None:
             call.parent.children.append(event)
-        if self._writer:
-            try:
-                self._writer.write(event)
-            except OSError as exc:  # a full disk must not break the user's inference; the report refuses it
-                self.fault(f"writing {self._writer.path} failed at {call.address}:{call.index}: {exc}")
-                self._writer = None
+        self._write(event)
+
+    def _write(self, record: CallEvent | SessionEnd) -> None:
+        """Append to the file; on failure stop writing, keep the memory, warn once (the host never sees it)."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.write(record)
+        except (OSError, ValueError) as exc:
+            self.write_failed = f"writing {self._writer.path} failed: {exc}"
+            warnings.warn(f"loopmeta: {self.write_failed}; the file is incomplete, every event is kept in memory",
+                          RuntimeWarning, stacklevel=2)
+            with contextlib.suppress(OSError, ValueError):
+                self._writer.close()
+            self._writer = None
 
     def _extract(self, call: Call, fn: Callable[..., Any] | None, *result: Any) -> None:
         if fn is None:
             return
         try:
-            call.lane.update(fn(call, *result) or {})
+            lane = fn(call, *result) or {}
+            if type(lane) is not dict or not json_safe(lane):
+                raise TypeError(f"returned {lane!r}, not a dict of plain JSON values (str, int, float, bool, None, "
+                                "lists, str-keyed dicts)")
+            call.lane.update(lane)
         except Exception as exc:  # an extractor bug must not break the user's inference; the merge refuses it
             call.lane[lanes.EXTRACT_ERROR] = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
 
     def fault(self, message: str) -> None:
-        """Keep an internal failure; the session's events are incomplete from here on."""
-        self.faults.append(message)
+        """Keep a failure to record (once per message); the session's events are incomplete from here on."""
+        if message not in self.faults:
+            self.faults.append(message)
 
-    def close(self) -> None:
+    def close(self, ended: str = "returned", error: str | None = None) -> None:
+        """End the session: keep and write the end record, close the file (idempotent)."""
+        if self.end is not None:
+            return
+        self.end = SessionEnd(session=self.session, events=len(self.events), steps=self.steps, ended=ended,
+                              error=error, write_failed=self.write_failed, faults=tuple(self.faults))
+        self._write(self.end)
         if self._writer:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:  # the last flush failed: the file may lack its end, and says so by that
+                self.write_failed = f"closing {self._writer.path} failed: {exc}"
+                warnings.warn(f"loopmeta: {self.write_failed}; every event is kept in memory", RuntimeWarning)
+            self._writer = None

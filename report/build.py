@@ -13,7 +13,9 @@ from ..events import lanes
 from ..events.schema import CallEvent
 from ..merge import calltree
 from ..merge.loops import Hints, Loop, LoopBuilder, check_exact, walk
+from ..events.schema import SessionEnd
 from ..model_configs.config import ModelConfig
+from .completeness import complete_part
 from .moe import moe_table
 from .schema import Report
 from .stages import stage_view
@@ -114,16 +116,22 @@ def _notes(events: list[CallEvent], step_role: str | None) -> list[str]:
 
 
 def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,
-                   container_sizes: dict[str, int] | None = None) -> Report:
-    """The labelled loop nest of a whole session from its events; exactness is checked before returning."""
+                   end: SessionEnd | None, container_sizes: dict[str, int] | None = None,
+                   allow_incomplete: bool = False) -> Report:
+    """The labelled loop nest of a whole session from its events and end record; exactness is checked before
+    returning. A session that did not end normally is refused unless `allow_incomplete` (report/completeness.py)."""
+    step_role = config.step_target.role if config and config.step_target else None
+    events, incomplete = complete_part(events, end, step_role, allow_incomplete)
+    if not events:
+        raise MergeError("the session recorded no call of an instrumented module: nothing to report (did the "
+                         "session run the model?)")
     _refuse_broken(events)
     roots = calltree.from_events(events)
     loops = LoopBuilder(hints_for(config, container_sizes)).build(roots)
     counts = calltree.counts(roots)
     check_exact(loops, counts)
-    step_role = config.step_target.role if config and config.step_target else None
     _check_steps(loops, step_role)
     return Report(model_class=model_class, config=config.name if config else None, source="events",
                   loops=loops, counts=counts, steps=_steps(events, step_role), moe=moe_table(events),
-                  notes=_notes(events, step_role),
+                  notes=_notes(events, step_role), incomplete=incomplete,
                   stage_view=stage_view(loops, config.stages if config else (), step_role))

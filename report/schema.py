@@ -32,6 +32,7 @@ class Report:
     moe: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    incomplete: str | None = None  # "incomplete: ended after step N (why)" when the session did not end normally
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION}

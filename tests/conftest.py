@@ -48,6 +48,14 @@ def v1_instrumented_addresses(cfg) -> set[str]:
     return out
 
 
+def end_of(events, ended="returned"):
+    """A consistent end record for a (possibly edited) list of events, as a complete stream would carry."""
+    from loopmeta.events import SessionEnd
+
+    steps = len({e.step for e in events if e.role == "step"})
+    return SessionEnd(session=events[0].session if events else "s", events=len(events), steps=steps, ended=ended)
+
+
 def transformers_major() -> int:
     import transformers
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loopmeta.errors import InstrumentationError, MergeError
-from loopmeta.events import CallEvent, EventWriter, read_events
+from loopmeta.events import EventWriter, SessionHeader, read_events
 from loopmeta.patches import Instrumentation, is_instrumented
 from loopmeta.patches.recorder import Recorder
 from loopmeta.pipeline import trace_session
@@ -59,8 +59,10 @@ def test_with_block_records_and_closes_the_file(v1_model, inputs, tmp_path):
         handle.remove()
     assert forwards(v1_model) == before and not is_instrumented(v1_model)
     assert len([e for e in rec.events if e.address == "lm_head"]) == len(seen) == 2
-    header, events = read_events(path)  # everything reached the file, which is closed and complete
+    header, events, end = read_events(path)  # everything reached the file, which is closed and complete
     assert header.session == rec.session and events == rec.events
+    assert (end.events, end.steps, end.ended) == (len(events), len(starts := [e for e in events if e.address == ""]),
+                                                  "returned") and len(starts) == 2
 
 
 def test_second_use_is_refused_and_the_forward_keeps_working(v1_model, inputs, tmp_path):
@@ -97,27 +99,47 @@ def test_exception_inside_the_forward_restores_and_closes(v1_model, tmp_path):
         with Instrumentation(v1_model, "deepseek_ocr_v1", events=path, check_versions=False) as rec:
             v1_model(input_ids=torch.full((1, 4), 10**6))  # out of vocabulary: raises inside the forward
     assert forwards(v1_model) == before and not is_instrumented(v1_model)
-    _, events = read_events(path)
+    _, events, end = read_events(path)
     assert {(e.address, e.error) for e in events} >= {("", "IndexError"), ("model", "IndexError")}
-    assert events == rec.events
+    assert events == rec.events and (end.ended, end.error) == ("raised", "IndexError")
 
 
-def test_a_full_disk_never_breaks_the_forward(v1_model, inputs, tmp_path, monkeypatch):
-    plain = generate(v1_model, inputs)
+@pytest.fixture()
+def full_disk(monkeypatch):
+    """Every event line after the header fails as on a full disk."""
     real_write = EventWriter.write
 
-    def full_after_header(self, obj):
-        if isinstance(obj, CallEvent):
+    def write(self, obj):
+        if not isinstance(obj, SessionHeader):
             raise OSError(28, "No space left on device")
         real_write(self, obj)
 
-    monkeypatch.setattr(EventWriter, "write", full_after_header)
-    with Instrumentation(v1_model, "deepseek_ocr_v1", events=tmp_path / "e.jsonl", check_versions=False) as rec:
-        assert torch.equal(generate(v1_model, inputs), plain)
-    assert len(rec.faults) == 1 and "No space left on device" in rec.faults[0]
-    with pytest.raises(MergeError, match="recording failed, the events are incomplete"):
-        trace_session(v1_model, lambda: generate(v1_model, inputs), config="deepseek_ocr_v1", check_versions=False,
-                      events=tmp_path / "e2.jsonl")
+    monkeypatch.setattr(EventWriter, "write", write)
+
+
+def test_a_full_disk_never_breaks_the_forward(v1_model, inputs, tmp_path, full_disk):
+    plain = generate(v1_model, inputs)
+    seen, handle = hook_calls(v1_model, "lm_head")
+    with pytest.warns(RuntimeWarning, match="No space left on device") as warned:
+        with Instrumentation(v1_model, "deepseek_ocr_v1", events=tmp_path / "e.jsonl", check_versions=False) as rec:
+            assert torch.equal(generate(v1_model, inputs), plain)
+    handle.remove()
+    assert len([w for w in warned if "loopmeta" in str(w.message)]) == 1  # warned once
+    assert "No space left on device" in rec.write_failed and not rec.faults
+    assert len([e for e in rec.events if e.address == "lm_head"]) == len(seen)  # memory kept every event
+    assert read_events(tmp_path / "e.jsonl").end is None  # the file shows it was cut
+    with pytest.warns(RuntimeWarning):
+        report, _ = trace_session(v1_model, lambda: generate(v1_model, inputs), config="deepseek_ocr_v1",
+                                  check_versions=False, events=tmp_path / "e2.jsonl")
+    assert any("events file is incomplete" in n for n in report.notes)
+
+
+def test_a_full_disk_while_the_users_exception_unwinds(v1_model, tmp_path, full_disk):
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(IndexError):  # the user's own exception comes through, not an OSError
+            with Instrumentation(v1_model, "deepseek_ocr_v1", events=tmp_path / "e.jsonl", check_versions=False):
+                v1_model(input_ids=torch.full((1, 4), 10**6))
+    assert not is_instrumented(v1_model)
 
 
 def test_a_recorder_bug_never_breaks_the_forward(v1_model, inputs, monkeypatch):
@@ -129,6 +151,6 @@ def test_a_recorder_bug_never_breaks_the_forward(v1_model, inputs, monkeypatch):
     monkeypatch.setattr(Recorder, "enter", broken)
     with Instrumentation(v1_model, "deepseek_ocr_v1", check_versions=False) as rec:
         assert torch.equal(generate(v1_model, inputs), plain)
-    assert rec.events == [] and rec.faults and "recorder bug" in rec.faults[0]
-    with pytest.raises(MergeError, match="recorder bug"):
+    assert rec.events == [] and rec.faults and "recorder bug" in rec.faults[0] and rec.end.faults == tuple(rec.faults)
+    with pytest.raises(MergeError, match="could not be recorded.*recorder bug"):
         trace_session(v1_model, lambda: generate(v1_model, inputs), config="deepseek_ocr_v1", check_versions=False)

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import v1_instrumented_addresses
+from conftest import end_of, v1_instrumented_addresses
 from loopmeta.errors import AlignmentError, ExactnessError, MergeError
 from loopmeta.merge import calltree
 from loopmeta.merge.loops import check_exact, expand, walk
@@ -162,35 +162,36 @@ def test_tampered_event_streams_are_refused(v1_sessions, v1_model):
     events = v1_sessions["gundam_2x3"]["recorder"].events
     config = load_config("deepseek_ocr_v1")
     kids = v1_sessions["gundam_2x3"]["recorder"].header.container_sizes
-    session_report(events, config, model_class="m", container_sizes=kids)  # the untouched stream is fine
-    sam = next(e for e in events if e.address == "model.sam_model")
+    session_report(events, config, model_class="m", container_sizes=kids, end=end_of(events))  # untouched: fine
+    no_sam = [e for e in events if e.address != "model.sam_model" or e.call_index != 1]
     with pytest.raises(MergeError, match=r"event seq 2 is missing \(next is model.sam_model.blocks.0:1"):
-        session_report([e for e in events if e is not sam], config, model_class="m", container_sizes=kids)
+        session_report(no_sam, config, model_class="m", container_sizes=kids, end=end_of(no_sam))
     expert = [e for e in events if e.role == "llm.moe.expert" and e.step == 2][0]
+    no_expert = [e for e in events if e is not expert]
     with pytest.raises(MergeError, match="the stream lost a call"):
-        session_report([e for e in events if e is not expert], config, model_class="m", container_sizes=kids)
+        session_report(no_expert, config, model_class="m", container_sizes=kids, end=end_of(no_expert))
     orphan = [copy.copy(e) for e in events]
     for e in orphan:
         if e.address == "model.sam_model.blocks.0" and e.call_index == 1:
             e.parent = ("model.sam_model", 9)
     with pytest.raises(MergeError, match="names parent model.sam_model:9"):
-        session_report(orphan, config, model_class="m", container_sizes=kids)
+        session_report(orphan, config, model_class="m", container_sizes=kids, end=end_of(orphan))
     wrong = [copy.copy(e) for e in events]
     block = next(e for e in wrong if e.address == "model.sam_model.blocks.0" and e.call_index == 2)
     block.call_index = 1
     with pytest.raises(MergeError, match=r"two events for model.sam_model.blocks.0:1"):
-        session_report(wrong, config, model_class="m", container_sizes=kids)
+        session_report(wrong, config, model_class="m", container_sizes=kids, end=end_of(wrong))
     bad = [copy.copy(e) for e in events]
     layer = next(e for e in bad if e.role == "llm.layer")
     layer.lane = {**layer.lane, "extract_error": "model.layers.0:1: decoder_layer raised KeyError()"}
     with pytest.raises(MergeError, match="metadata extraction failed"):
-        session_report(bad, config, model_class="m", container_sizes=kids)
+        session_report(bad, config, model_class="m", container_sizes=kids, end=end_of(bad))
 
 
 def test_tampered_count_is_caught_by_the_invariant(v1_sessions, v1_model):
     events = v1_sessions["base"]["recorder"].events
     roots = calltree.from_events(events)
-    report = session_report(events, load_config("deepseek_ocr_v1"), model_class="m",
+    report = session_report(events, load_config("deepseek_ocr_v1"), model_class="m", end=end_of(events),
                             container_sizes=v1_sessions["base"]["recorder"].header.container_sizes)
     observed = calltree.counts(roots)
     observed["lm_head"] += 1
@@ -247,20 +248,21 @@ def toy_session(config, pasts):
     with instrument(toy, config) as rec:
         for past in pasts:
             toy(x, past)
-    return rec.events
+    return rec
 
 
 def test_report_of_a_decode_step_that_differs_is_refused(toy_config):
-    events = toy_session(toy_config, [0, 1, 2, 3])
+    rec = toy_session(toy_config, [0, 1, 2, 3])
     with pytest.raises(MergeError, match=r"decode steps \[2\] have another call structure than decode steps \[1, 3\]"):
-        session_report(events, toy_config, model_class="Toy")
+        session_report(rec.events, toy_config, model_class="Toy", end=rec.end)
 
 
 def test_a_second_generation_in_one_session_is_refused(toy_config):
-    events = toy_session(toy_config, [0, 1, 0, 1])
+    rec = toy_session(toy_config, [0, 1, 0, 1])
     with pytest.raises(MergeError, match="step 2 is a new prefill after decode steps"):
-        session_report(events, toy_config, model_class="Toy")
-    chunked = session_report(toy_session(toy_config, [0, 0, 1]), toy_config, model_class="Toy")  # two prefills
+        session_report(rec.events, toy_config, model_class="Toy", end=rec.end)
+    rec = toy_session(toy_config, [0, 0, 1])  # two prefills
+    chunked = session_report(rec.events, toy_config, model_class="Toy", end=rec.end)
     assert [s["phase"] for s in chunked.steps] == ["prefill", "prefill", "decode"]
 
 
@@ -317,6 +319,7 @@ def test_report_rebuilt_from_a_saved_event_file(v1_sessions, v1_model, tmp_path)
 
     s = v1_sessions["gundam_2x3"]
     live = session_report(s["recorder"].events, load_config("deepseek_ocr_v1"), model_class="DeepseekOCRForCausalLM",
+                          end=s["recorder"].end,
                           container_sizes=s["recorder"].header.container_sizes)
     assert run_traced.main(["--from-events", str(s["path"]), "--out", str(tmp_path)]) == 0
     rebuilt = read_report(tmp_path / "report.json")

@@ -122,7 +122,7 @@ def test_expert_ledger_is_the_one_host_read_and_can_be_switched_off(tiny):
     assert [op for op in on.ops if op != "host:tolist"] == [op for op in plain.ops if op != "host:tolist"]
     assert on.ops.count("host:tolist") == plain.ops.count("host:tolist") + len(gates)
     assert not any("router" in e.lane for e in rec_off.events)
-    assert session_report(rec_off.events, load_config("deepseek_ocr2_hf"), model_class="m").moe is None
+    assert session_report(rec_off.events, load_config("deepseek_ocr2_hf"), model_class="m", end=rec_off.end).moe is None
 
 
 def test_run_traced_without_arguments(tmp_path):

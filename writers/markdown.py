@@ -11,9 +11,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def to_markdown(report: Report) -> str:
-    lines = [f"# loopmeta report: {report.model_class}", "",
-             f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",
-             f"- nodes: {len(report.counts)}, calls: {sum(report.counts.values())}", "", "## Loop nest", "", "```"]
+    lines = [f"# loopmeta report: {report.model_class}", ""]
+    lines += [f"> **{report.incomplete}**", ""] if report.incomplete else []
+    lines += [f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",
+              f"- nodes: {len(report.counts)}, calls: {sum(report.counts.values())}", "", "## Loop nest", "", "```"]
     lines += loop_lines(report.loops) + ["```"]
     if report.stage_view:
         lines += ["", "## Stages per step", ""] + _table(

@@ -24,8 +24,9 @@ def moe_line(summary: dict) -> str:
 
 def to_text(report: Report) -> str:
     parts = [f"loopmeta report: {report.model_class}"
-             + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}",
-             ""] + loop_lines(report.loops)
+             + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}"]
+    parts += [report.incomplete] if report.incomplete else []
+    parts += [""] + loop_lines(report.loops)
     if report.stage_view:
         parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
     if report.steps:

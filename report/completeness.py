@@ -1,0 +1,45 @@
+"""Whether a session's events are the whole session, and what a report of an incomplete one may hold.
+
+A session is complete when its end record says it returned and recorded every call. A stream without an end record
+was cut (the run was killed or the file truncated); a session that raised or was interrupted ended early. Such
+events give a report only when the caller allows it, and then only of the steps that finished: the report says
+"incomplete: ended after step N" in every form. Calls that could not be recorded (faults) never give a report.
+"""
+
+from __future__ import annotations
+
+from ..errors import MergeError
+from ..events.schema import CallEvent, SessionEnd
+
+
+def _why(events: list[CallEvent], end: SessionEnd | None) -> str | None:
+    """Why the events are not the whole session, or None when they are."""
+    if end is None:
+        started = max((e.seq for e in events), default=-1) + 1
+        lost = f"; {started - len(events)} calls started but never finished" if started > len(events) else ""
+        return f"the run was interrupted: the stream has no end record (killed, or the file was truncated){lost}"
+    if end.ended != "returned":
+        return f"the session {end.ended}" + (f" ({end.error})" if end.error else "")
+    return None
+
+
+def complete_part(events: list[CallEvent], end: SessionEnd | None, step_role: str | None,
+                  allow_incomplete: bool) -> tuple[list[CallEvent], str | None]:
+    """The events a report may use and, for an incomplete session, the report's `incomplete` line."""
+    if end is not None and end.faults:
+        raise MergeError("some calls could not be recorded, no report is made:\n  " + "\n  ".join(end.faults))
+    why = _why(events, end)
+    if why is None:
+        return events, None
+    if not allow_incomplete:
+        raise MergeError(f"{why}. Pass allow_incomplete=True (run_traced.py --allow-incomplete) for a report of the "
+                         "steps that finished, marked incomplete")
+    if step_role is None:
+        raise MergeError(f"{why}, and the config has no step target to tell finished steps apart: no report is made")
+    finished = {e.step for e in events if e.role == step_role and e.error is None}
+    steps = 0
+    while steps in finished:
+        steps += 1
+    if steps == 0:
+        raise MergeError(f"{why} before its first step finished: no report is made")
+    return [e for e in events if e.step < steps], f"incomplete: ended after step {steps - 1} ({why})"

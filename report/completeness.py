@@ -27,7 +27,9 @@ def complete_part(events: list[CallEvent], end: SessionEnd | None, step_role: st
                   allow_incomplete: bool) -> tuple[list[CallEvent], str | None]:
     """The events a report may use and, for an incomplete session, the report's `incomplete` line."""
     if end is not None and end.faults:
-        raise MergeError("some calls could not be recorded, no report is made:\n  " + "\n  ".join(end.faults))
+        more = f"\n  ... {len(end.faults)} in all" if len(end.faults) > 10 else ""
+        raise MergeError("some calls could not be recorded, no report is made:\n  " + "\n  ".join(end.faults[:10])
+                         + more)
     why = _why(events, end)
     if why is None:
         return events, None

@@ -18,6 +18,27 @@ from typing import Any
 from loopmeta.errors import ConfigError, LoopmetaError, SessionError
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise SessionError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SessionError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loopmeta", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="hub id or local path (default: built-in tiny DeepSeek-OCR 2, offline)")
@@ -29,10 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", default="<image>\nFree OCR.", help="prompt with one <image> tag")
     p.add_argument("--mode", help="resolution mode, for models whose config lists modes (DeepSeek-OCR v1: tiny, "
                                    "small, base, large, gundam; default gundam)")
-    p.add_argument("--max-new-tokens", type=int, default=4,
-                   help="tokens to generate (default 4; a model run through its own infer() keeps its own limit)")
+    p.add_argument("--max-new-tokens", type=positive, default=4,
+                   help="tokens to generate, at most (default 4; a vendor infer() that asks for more is capped here)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="model dtype (default: what the model's config needs, else float32)")
     p.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2 (model default when omitted)")
     p.add_argument("--experts-implementation", help="DeepSeek-OCR 2 MoE experts: grouped_mm or eager")
     p.add_argument("--config", default="auto", help="force a model config: built-in name or .toml path")
@@ -120,6 +142,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         print(to_text(report))
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 0
+    check_device(args.device)
     with console.status("building the model and inputs"):
         config, session = load_session(args)
     console.print(f"model: {session.label}")
@@ -145,8 +168,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, console)
     except LoopmetaError as exc:
-        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        return 2
+        fail(console, str(exc))
+    except KeyboardInterrupt:
+        fail(console, interrupted(args.out / "events.jsonl" if args.from_events is None else None))
+    return 2
+
+
+def fail(console: Any, message: str) -> None:
+    """The message verbatim (brackets are text, not markup), after a red `error:`."""
+    from rich.text import Text
+
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False)
+
+
+def interrupted(events: Path | None) -> str:
+    """What an interrupted run leaves: the step it reached and the events file."""
+    from loopmeta.events.stream import read_events
+
+    if events is None or not events.is_file():
+        return "interrupted before any event was recorded"
+    try:
+        stream = read_events(events)
+    except LoopmetaError:
+        return f"interrupted; events kept in {events} (incomplete)"
+    steps = stream.end.steps if stream.end else len({e.step for e in stream.events})
+    return (f"interrupted at step {max(steps - 1, 0)}; events kept in {events} (incomplete: rebuild the finished steps "
+            "with --from-events ... --allow-incomplete)")
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def builtin_session(request: SessionRequest) -> Session:
 
         raise SessionError(f"the built-in model needs transformers 5.x with deepseek_ocr2; installed "
                            f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
-    model = build_model(request.builtin, dtype=getattr(torch, request.dtype),
+    model = build_model(request.builtin, dtype=getattr(torch, request.dtype or "float32"),
                         experts_implementation=request.experts_implementation).to(request.device)
     inputs = prepare_inputs(build_processor(), load_image(request.image), request.prompt).to(request.device)
     return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),

@@ -39,8 +39,11 @@ def from_events(events: Iterable[CallEvent]) -> list[Node]:
     nodes: dict[tuple[str, int], Node] = {}
     roots: list[Node] = []
     seen: Counter[str] = Counter()
-    for position, e in enumerate(sorted(events, key=lambda e: e.seq)):
+    ordered = sorted(events, key=lambda e: e.seq)
+    for position, e in enumerate(ordered):
         name = f"{e.address or '<root>'}:{e.call_index}"
+        if position and ordered[position - 1].seq == e.seq:
+            raise MergeError(f"event seq {e.seq} ({name}) appears twice: the stream holds a duplicated line")
         if e.seq != position:
             raise MergeError(f"event seq {position} is missing (next is {name} with seq {e.seq}): the stream lost a "
                              "call")

@@ -67,6 +67,7 @@ class SessionSpec:
     probe: str | None = None  # function(args, kwargs, steps) -> (args, kwargs) of a shorter call, or None
     modes: dict[str, dict[str, Any]] = field(default_factory=dict)  # named settings the loader may take
     default_mode: str | None = None
+    dtype: str | None = None  # the model dtype the session needs (None: the user's choice, float32 by default)
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,21 @@ class ModelConfig:
         """Built-in configs import their adapter by package name; a config elsewhere loads `<adapter>.py` beside it."""
         if self.adapter is None:
             return None
-        if self.source.parent == BUILTIN_DIR:
-            return importlib.import_module(f"{__package__}.{self.adapter}")
-        path = self.source.parent / f"{self.adapter}.py"
-        if not path.is_file():
-            raise ConfigError(f"config {self.name!r}: adapter file {path.name} not found beside {self.source.name}")
-        spec = importlib.util.spec_from_file_location(f"loopmeta_user_adapter_{self.name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
+        try:
+            if self.source.parent == BUILTIN_DIR:
+                return importlib.import_module(f"{__package__}.{self.adapter}")
+            path = self.source.parent / f"{self.adapter}.py"
+            if not path.is_file():
+                raise ConfigError(f"config {self.name!r}: adapter file {path.name} not found beside "
+                                  f"{self.source.name}")
+            spec = importlib.util.spec_from_file_location(f"loopmeta_user_adapter_{self.name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            return module
+        except (SyntaxError, ImportError) as exc:
+            raise ConfigError(f"config {self.name!r}: adapter {self.adapter!r} cannot be imported: "
+                              f"{type(exc).__name__}: {exc}") from None
 
     def function(self, name: str | None) -> Callable[..., Any] | None:
         """The adapter function `name` (None for None); `ConfigError` when the adapter has no such function."""
@@ -116,8 +122,11 @@ _TARGET_TYPES: dict[str, type | tuple[type, type]] = {
     "role": str, "pattern": str, "stage": str, "classes": (list, str), "required": bool, "step": bool,
     "on_enter": str, "on_exit": str, "axis": str, "select": bool, "distinguish": (list, str)}
 _REBIND_TYPES: dict[str, type] = {"module_of": str, "name": str, "replacement": str}
+_TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (list, str), "adapter": str,
+                              "stages": (list, str), "requires": (dict, str), "targets": list, "trace": dict,
+                              "session": dict}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
-    "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str}
+    "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str}
 
 
 class _Checker:
@@ -134,12 +143,15 @@ class _Checker:
             raise ConfigError(f"config {self.name!r}: {where} must be {what}, got {value!r}")
         return tuple(value) if outer is list else value
 
-    def table(self, where: str, raw: Any, types: dict[str, Any]) -> dict[str, Any]:
+    def table(self, where: str, raw: Any, types: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
         self.value(where, raw, dict)
         unknown = set(raw) - set(types)
         if unknown:
             raise ConfigError(f"config {self.name!r}: {where} has unknown keys {sorted(unknown)}; "
                               f"known: {sorted(types)}")
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise ConfigError(f"config {self.name!r}: {where} needs {', '.join(missing)}")
         return {k: self.value(f"{where} {k}", v, types[k]) for k, v in raw.items()}
 
 
@@ -148,18 +160,16 @@ def _parse(path: Path) -> ModelConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read model config {path}: {exc}") from None
-    name = raw.get("name") or path.stem
+    name = raw.get("name") if isinstance(raw.get("name"), str) else path.stem
     check = _Checker(name)
-    targets = []
-    for i, t in enumerate(raw.get("targets", [])):
-        fields = check.table(f"target #{i}", t, _TARGET_TYPES)
-        if "role" not in fields or "pattern" not in fields:
-            raise ConfigError(f"config {name!r} target #{i}: needs role and pattern")
-        targets.append(Target(**fields))
+    check.table("the top level", raw, _TOP_TYPES)
+    targets = [Target(**check.table(f"target #{i}", t, _TARGET_TYPES, ("role", "pattern")))
+               for i, t in enumerate(raw.get("targets", []))]
     if not targets:
         raise ConfigError(f"config {name!r} ({path}) has no [[targets]]")
-    if sum(t.step for t in targets) > 1:
-        raise ConfigError(f"config {name!r}: at most one target may have step = true")
+    if sum(t.step for t in targets) != 1:
+        raise ConfigError(f"config {name!r}: exactly one target must have step = true (the module whose each call is "
+                          f"one step, usually the root: pattern = \"\"); found {sum(t.step for t in targets)}")
     stages = check.value("stages", raw.get("stages", []), (list, str))
     for t in targets:
         if t.stage is not None and t.stage not in stages:
@@ -173,15 +183,27 @@ def _parse(path: Path) -> ModelConfig:
         root_classes=check.value("root_classes", raw.get("root_classes", []), (list, str)),
         requires=dict(check.value("requires", raw.get("requires", {}), (dict, str))),
         adapter=raw.get("adapter"), stages=stages, targets=tuple(targets),
-        rebind=tuple(Rebind(**check.table(f"[[trace.rebind]] #{i}", r, _REBIND_TYPES))
+        rebind=tuple(Rebind(**check.table(f"[[trace.rebind]] #{i}", r, _REBIND_TYPES, tuple(_REBIND_TYPES)))
                      for i, r in enumerate(check.table("[trace]", raw.get("trace", {}), {"rebind": list})
                                            .get("rebind", []))),
         session=session)
+    _check_specifiers(config)
     named = [f for t in targets for f in (t.on_enter, t.on_exit)]
     named += [r.replacement for r in config.rebind] + [session.load, session.probe]
     for fn in named:  # fail at load time, not in the middle of a forward
         config.function(fn)
     return config
+
+
+def _check_specifiers(config: ModelConfig) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    for package, spec in config.requires.items():
+        try:
+            SpecifierSet(spec)
+        except InvalidSpecifier:
+            raise ConfigError(f"config {config.name!r}: requires {package} = {spec!r} is not a version specifier "
+                              "(write e.g. \">=4.45,<4.48\")") from None
 
 
 def builtin_configs() -> dict[str, Path]:

@@ -15,7 +15,8 @@ from ..common.attributes import swapped
 from ..errors import SessionError
 from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT
 from .hf import generate_probe  # noqa: F401  (the [session] probe named in the TOML)
-from .sessions import Session, SessionRequest
+from .pages import load_image
+from .sessions import Session, SessionRequest, dtype_of
 from .shapes import decoder_layer  # noqa: F401  (extractors named in the TOML)
 from .shapes import first_tensor, index_of, resolution
 from .shapes import step_lane as causal_lm_step  # noqa: F401
@@ -96,23 +97,48 @@ def cuda_as_noop() -> Iterator[None]:
         yield
 
 
-def infer_session(request: SessionRequest, config: Any) -> Session:
-    """Load the remote-code model and its tokenizer; the session is the vendor's `infer()` on one image file."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+@contextlib.contextmanager
+def generate_capped(cls: type, limit: int) -> Iterator[None]:
+    """`cls.generate` asked for at most `limit` new tokens while active: `infer()` asks for 8192
+    (docs/models/deepseek-ocr-v1.md#infer), the user's --max-new-tokens wins."""
+    import wrapt
 
+    def cap(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens") or limit, limit)
+        return wrapped(*args, **kwargs)
+
+    with swapped((cls, "generate", wrapt.FunctionWrapper(getattr(cls, "generate"), cap))):
+        yield
+
+
+def _check(request: SessionRequest, config: Any) -> str:
+    """The mode to run; refuses what the vendor's `infer()` cannot do, with what to pass instead."""
     modes = config.session.modes
     mode = request.mode or config.session.default_mode
     if mode not in modes:
         raise SessionError(f"unknown mode {mode!r} for {config.name}: use --mode with one of {', '.join(modes)}")
-    if request.image is None:
-        raise SessionError(f"{config.name} runs its own infer() on an image file: pass --image")
-    if not request.image.is_file():
-        raise SessionError(f"image {request.image} not found: pass an existing image file with --image")
+    if request.image is None or "<image>" not in request.prompt:
+        raise SessionError(f"{config.name} runs the vendor's infer(), which needs an image: pass --image and a "
+                           "prompt with an <image> tag")
+    load_image(request.image)  # a missing or undecodable image is named here, not deep inside infer()
+    needed = config.session.dtype
+    if request.dtype not in (None, needed):
+        raise SessionError(f"{config.name}'s infer() feeds {needed} images to the vision encoders: pass --dtype "
+                           f"{needed} (the default for this model), not {request.dtype}")
+    return mode
+
+
+def infer_session(request: SessionRequest, config: Any) -> Session:
+    """Load the remote-code model and its tokenizer; the session is the vendor's `infer()` on one image file, its
+    `generate` capped at the user's --max-new-tokens, `Tensor.cuda()` a no-op on a CPU."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    mode = _check(request, config)
     common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
     try:
         model = AutoModel.from_pretrained(request.model, _attn_implementation=request.attn_implementation or "eager",
-                                          torch_dtype=getattr(torch, request.dtype), **common)
+                                          torch_dtype=dtype_of(request, config), **common)
         tokenizer = AutoTokenizer.from_pretrained(request.model, **common)
     except (OSError, ValueError, ImportError) as exc:
         raise SessionError(f"cannot load {request.model!r}: {exc}") from None
@@ -120,9 +146,16 @@ def infer_session(request: SessionRequest, config: Any) -> Session:
 
     def run() -> Any:
         return model.infer(tokenizer, prompt=request.prompt, image_file=str(request.image),
-                           output_path=str(request.out), save_results=False, eval_mode=True, **modes[mode])
+                           output_path=str(request.out), save_results=False, eval_mode=True,
+                           **config.session.modes[mode])
 
     on_cpu = torch.device(request.device).type == "cpu"
-    return Session(model, run, f"{request.model} ({config.name}, mode {mode}" + (", .cuda() as a no-op)" if on_cpu
-                                                                               else ")"),
-                   context=cuda_as_noop if on_cpu else contextlib.nullcontext)
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        with generate_capped(type(model), request.max_new_tokens), (cuda_as_noop() if on_cpu
+                                                                    else contextlib.nullcontext()):
+            yield
+
+    label = f"{request.model} ({config.name}, mode {mode}, at most {request.max_new_tokens} new tokens"
+    return Session(model, run, label + (", .cuda() as a no-op)" if on_cpu else ")"), context=context)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SessionError
-from .sessions import Session, SessionRequest
+from .sessions import Session, SessionRequest, dtype_of
 
 # Keywords that would contradict a short probe of `generate()`: lengths, minimum lengths and output streaming.
 _LENGTH_KEYWORDS = ("max_length", "min_length", "min_new_tokens", "streamer")
@@ -42,7 +42,6 @@ def generate_probe(args: tuple, kwargs: dict[str, Any], steps: int) -> tuple[tup
 
 def image_text_session(request: SessionRequest, config: Any) -> Session:
     """An `AutoModelForImageTextToText` with its `AutoProcessor`, run as `generate()` on one image and prompt."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .pages import load_image
@@ -50,7 +49,7 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
     common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
     extra = {"attn_implementation": request.attn_implementation} if request.attn_implementation else {}
     try:
-        model = AutoModelForImageTextToText.from_pretrained(request.model, dtype=getattr(torch, request.dtype),
+        model = AutoModelForImageTextToText.from_pretrained(request.model, dtype=dtype_of(request, config),
                                                             **extra, **common)
         processor = AutoProcessor.from_pretrained(request.model, **common)
     except (OSError, ValueError, ImportError) as exc:

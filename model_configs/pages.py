@@ -16,7 +16,11 @@ def load_image(path: Path | None, size: tuple[int, int] = (1600, 1200)) -> Any:
 
     if not Path(path).is_file():
         raise SessionError(f"image {path} not found: pass an existing image file with --image")
-    return Image.open(path).convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise SessionError(f"image {path} cannot be decoded ({exc}): pass a PNG, JPEG or other image file") from None
 
 
 def synthetic_page(width: int, height: int, seed: int = 0):

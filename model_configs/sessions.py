@@ -25,7 +25,7 @@ class SessionRequest:
     mode: str | None = None
     max_new_tokens: int = 4
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the config's `[session] dtype`, else float32
     attn_implementation: str | None = None
     experts_implementation: str | None = None
     out: Path = Path("loopmeta-out")
@@ -40,3 +40,10 @@ class Session:
     run: Callable[[], Any]
     label: str
     context: Callable[[], ContextManager[Any]] = field(default=contextlib.nullcontext)
+
+
+def dtype_of(request: SessionRequest, config: Any) -> Any:
+    """The torch dtype to load the model in: the user's, else the config's `[session] dtype`, else float32."""
+    import torch
+
+    return getattr(torch, request.dtype or config.session.dtype or "float32")

@@ -180,9 +180,10 @@ def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, m
 
 
 @pytest.mark.parametrize("toml, message", [
-    ('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\non_enter = "missing"\n',
+    ('adapter = "adapter"\nstages = ["a"]\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = true\non_enter = "missing"\n',
      "'missing' is not a function of adapter 'adapter'"),
-    ('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstage = "b"\n', "names stage 'b', not in stages"),
+    ('adapter = "adapter"\n[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = true\nstage = "b"\n',
+     "names stage 'b', not in stages"),
     ('[[targets]]\nrole = "x"\npatern = "lm_head"\n', "unknown keys"),
     ('[[targets]]\nrole = "x"\npattern = "lm_head"\nclasses = "Linear"\n', "target #0 classes must be list of str"),
     ('[[targets]]\nrole = "x"\npattern = "lm_head"\nstep = "yes"\n', "target #0 step must be bool"),
@@ -214,12 +215,14 @@ def test_steps_start_with_each_root_forward(v1_model, inputs):
 
 def test_tensor_op_detector_sees_an_op_in_a_wrapper(v1_model, inputs, tmp_path):
     """The no-tensor-op test above can fail: a user config whose extractor runs `.sum()` is caught."""
-    (tmp_path / "bad.py").write_text("def bad(call):\n    call.args[0].sum()\n    return {}\n")
+    (tmp_path / "bad.py").write_text("def bad(call):\n    call.args[0].sum()\n    return {}\n\n\n"
+                                     "def step(call):\n    return {'phase': 'prefill'}\n")
     (tmp_path / "bad.toml").write_text('name = "bad"\nroot_classes = ["DeepseekOCRForCausalLM"]\nadapter = "bad"\n'
-                                       '[[targets]]\nrole = "lm_head"\npattern = "lm_head"\non_enter = "bad"\n')
+                                       '[[targets]]\nrole = "lm_head"\npattern = "lm_head"\non_enter = "bad"\n'
+                                       '[[targets]]\nrole = "step"\npattern = ""\nstep = true\non_enter = "step"\n')
     with TensorOps() as plain:
         v1_model.generate(**inputs, max_new_tokens=2)
     with instrument(v1_model, tmp_path / "bad.toml") as rec, TensorOps() as traced:
         v1_model.generate(**inputs, max_new_tokens=2)
-    assert [e.address for e in rec.events] == ["lm_head", "lm_head"]
+    assert [e.address for e in rec.events if e.role == "lm_head"] == ["lm_head", "lm_head"]
     assert len(traced.ops) == len(plain.ops) + 2

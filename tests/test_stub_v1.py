@@ -243,7 +243,7 @@ def test_quick_gelu_looked_up_at_call_time(model, mods):
 def test_gundam_2x3_vision_calls(model):
     cfg = model.config
     with CallLog(model) as log:
-        seqs = model.infer(image_size=(900, 1400), max_new_tokens=2, **GUNDAM)
+        seqs = model.infer_synthetic(image_size=(900, 1400), max_new_tokens=2, **GUNDAM)
     assert seqs.shape[1] == 1 + 903 + PROMPT_TAIL + 2
     assert log.count("<root>") == 2
 
@@ -287,7 +287,7 @@ def test_gundam_2x3_vision_calls(model):
 
 def test_base_mode_single_view(model):
     with CallLog(model) as log:
-        model.infer(image_size=(1000, 800), max_new_tokens=1, **MODES["base"])
+        model.infer_synthetic(image_size=(1000, 800), max_new_tokens=1, **MODES["base"])
     assert log.in_shapes("model.sam_model") == [(1, 3, 1024, 1024)]
     assert log.count("model.vision_model") == 1
     assert log.out_shapes("model.projector") == [(1, 256, model.config.hidden_size)]
@@ -300,7 +300,7 @@ def test_base_mode_single_view(model):
 
 def test_text_only_never_runs_vision(model):
     with CallLog(model) as log:
-        seqs = model.infer(image_size=None, max_new_tokens=3)
+        seqs = model.infer_synthetic(image_size=None, max_new_tokens=3)
     for name in ("model.sam_model", "model.vision_model", "model.projector"):
         assert log.count(name) == 0
     assert log.count("<root>") == 3 and log.count("lm_head") == 3
@@ -349,7 +349,7 @@ def test_moe_expert_selection(model):
     cfg = model.config
     T = 3
     with CallLog(model) as log:
-        seqs = model.infer(image_size=(600, 500), max_new_tokens=T, **MODES["small"])
+        seqs = model.infer_synthetic(image_size=(600, 500), max_new_tokens=T, **MODES["small"])
     S = seqs.shape[1] - T
     moe_layers = range(cfg.first_k_dense_replace, cfg.num_hidden_layers)
     assert not any(".mlp.experts." in c[0] for c in log.calls if c[0].startswith("model.layers.0."))
@@ -377,7 +377,7 @@ def test_real_depth_gundam_1400x900():
     cfg = StubConfig.real_depth()
     m = load_stub_model(cfg)
     with CallLog(m) as log:
-        seqs = m.infer(image_size=(1400, 900), max_new_tokens=2, **GUNDAM)
+        seqs = m.infer_synthetic(image_size=(1400, 900), max_new_tokens=2, **GUNDAM)
     assert seqs.shape[1] == 1 + 893 + PROMPT_TAIL + 2
     assert log.in_shapes("model.sam_model") == [(6, 3, 640, 640), (1, 3, 1024, 1024)]
     for i in range(12):

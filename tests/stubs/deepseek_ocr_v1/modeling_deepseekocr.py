@@ -361,7 +361,28 @@ class DeepseekOCRForCausalLM(nn.Module):
         return build_infer_inputs(self.config, tokenizer, prompt, image_size, base_size, image_size_mode,
                                   crop_mode, seed)
 
-    def infer(
+    def infer(self, tokenizer, prompt: str = "", image_file: str = "", output_path: str = "", base_size: int = 1024,
+              image_size: int = 640, crop_mode: bool = True, test_compress: bool = False, save_results: bool = False,
+              eval_mode: bool = False):
+        """The vendor's signature and behaviour (docs/models/deepseek-ocr-v1.md#infer): the first image of the
+        prompt is indexed (IndexError on a text-only prompt), the inputs are moved with `.cuda()` (all but the crop
+        grid), the images are bfloat16, and `generate` is asked for 8192 new tokens."""
+        from PIL import Image
+
+        images = [Image.open(image_file).convert("RGB")] if IMAGE_TAG in prompt else []
+        width, height = images[0].size  # the vendor indexes the first image: IndexError without one
+        inputs = self.prepare_infer_inputs(tokenizer, prompt, (width, height), base_size, image_size, crop_mode)
+        inputs.pop("plan")
+        (patches, image_ori), = inputs["images"]
+        images = [(patches.to(torch.bfloat16).cuda(), image_ori.to(torch.bfloat16).cuda())]
+        sequences = self.generate(input_ids=inputs["input_ids"].cuda(), images=images,
+                                  images_seq_mask=inputs["images_seq_mask"].cuda(),
+                                  images_spatial_crop=inputs["images_spatial_crop"], max_new_tokens=8192,
+                                  eos_token_id=self.config.eos_token_id, use_cache=True,
+                                  no_repeat_ngram_size=35 if eval_mode else 20)
+        return str(sequences[0, inputs["input_ids"].shape[1]:].tolist()) if eval_mode else None
+
+    def infer_synthetic(
         self,
         tokenizer=None,
         prompt: str = IMAGE_TAG + "\nFree OCR. ",

@@ -178,7 +178,7 @@ def fail(console: Any, message: str) -> None:
     """The message verbatim (brackets are text, not markup), after a red `error:`."""
     from rich.text import Text
 
-    console.print(Text("error: ", style="bold red") + Text(message), highlight=False)
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
 
 
 def interrupted(events: Path | None) -> str:

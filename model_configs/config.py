@@ -82,6 +82,7 @@ class ModelConfig:
     targets: tuple[Target, ...]
     rebind: tuple[Rebind, ...] = ()
     session: SessionSpec = SessionSpec()
+    reads_values: tuple[str, ...] = ()  # the tensor values its extractors read, each said in words (else none)
 
     @cached_property
     def adapter_module(self) -> ModuleType | None:
@@ -105,12 +106,17 @@ class ModelConfig:
                               f"{type(exc).__name__}: {exc}") from None
 
     def function(self, name: str | None) -> Callable[..., Any] | None:
-        """The adapter function `name` (None for None); `ConfigError` when the adapter has no such function."""
+        """The adapter function `name`, else the generic extractor of that name (model_configs/shapes.py); None for
+        None; `ConfigError` when neither exists."""
         if name is None:
             return None
+        from .shapes import GENERIC
+
         fn = getattr(self.adapter_module, name, None) if self.adapter_module else None
-        if not callable(fn):
-            raise ConfigError(f"config {self.name!r}: {name!r} is not a function of adapter {self.adapter!r}")
+        fn = fn if callable(fn) else GENERIC.get(name)
+        if fn is None:
+            raise ConfigError(f"config {self.name!r}: {name!r} is not a function of adapter {self.adapter!r} nor a "
+                              f"generic extractor ({', '.join(GENERIC)})")
         return fn
 
     @property
@@ -124,7 +130,7 @@ _TARGET_TYPES: dict[str, type | tuple[type, type]] = {
 _REBIND_TYPES: dict[str, type] = {"module_of": str, "name": str, "replacement": str}
 _TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (list, str), "adapter": str,
                               "stages": (list, str), "requires": (dict, str), "targets": list, "trace": dict,
-                              "session": dict}
+                              "session": dict, "reads_values": (list, str)}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
     "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str}
 
@@ -186,7 +192,7 @@ def _parse(path: Path) -> ModelConfig:
         rebind=tuple(Rebind(**check.table(f"[[trace.rebind]] #{i}", r, _REBIND_TYPES, tuple(_REBIND_TYPES)))
                      for i, r in enumerate(check.table("[trace]", raw.get("trace", {}), {"rebind": list})
                                            .get("rebind", []))),
-        session=session)
+        session=session, reads_values=check.value("reads_values", raw.get("reads_values", []), (list, str)))
     _check_specifiers(config)
     named = [f for t in targets for f in (t.on_enter, t.on_exit)]
     named += [r.replacement for r in config.rebind] + [session.load, session.probe]

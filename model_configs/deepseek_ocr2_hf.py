@@ -14,10 +14,7 @@ from typing import Any
 
 from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT
 from .hf import generate_probe, image_text_session  # noqa: F401  (the [session] functions named in the TOML)
-from .shapes import decoder_layer, resolution  # noqa: F401  (extractors named in the TOML)
-from .shapes import step_lane as causal_lm_step  # noqa: F401
-from .shapes import tokens_in as tokens  # noqa: F401
-from .shapes import window_attention as sam_layer  # noqa: F401
+from .shapes import resolution
 
 GLOBAL_SIZE, TILE_SIZE = 1024, 768  # pixels of a global view and of a crop
 GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in the vendor model)

@@ -14,14 +14,10 @@ from typing import Any, Iterator
 from ..common.attributes import swapped
 from ..errors import SessionError
 from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT
-from .hf import generate_probe  # noqa: F401  (the [session] probe named in the TOML)
+from .hf import generate_probe, load_error  # noqa: F401  (generate_probe: the [session] probe named in the TOML)
 from .pages import load_image
 from .sessions import Session, SessionRequest, dtype_of
-from .shapes import decoder_layer  # noqa: F401  (extractors named in the TOML)
 from .shapes import first_tensor, index_of, resolution
-from .shapes import step_lane as causal_lm_step  # noqa: F401
-from .shapes import tokens_in as tokens  # noqa: F401
-from .shapes import window_attention as sam_block  # noqa: F401
 
 
 def ocr_model_views(call: Any) -> dict[str, Any]:
@@ -141,7 +137,7 @@ def infer_session(request: SessionRequest, config: Any) -> Session:
                                           torch_dtype=dtype_of(request, config), **common)
         tokenizer = AutoTokenizer.from_pretrained(request.model, **common)
     except (OSError, ValueError, ImportError) as exc:
-        raise SessionError(f"cannot load {request.model!r}: {exc}") from None
+        raise load_error(request.model, exc) from None
     model = model.eval().to(request.device)
 
     def run() -> Any:

@@ -25,6 +25,17 @@ def architectures(request: SessionRequest) -> list[str]:
     return list(getattr(hf_config, "architectures", None) or [])
 
 
+def load_error(model: str | None, exc: BaseException, what: str = "") -> SessionError:
+    """A loading failure as one line that says what to do; a missing torchvision is named with its fix."""
+    if "torchvision" in str(exc):
+        import torch
+
+        return SessionError(f"cannot load {model!r}: its image processor needs torchvision, which is not installed. "
+                            f"Install the torchvision build that matches torch {torch.__version__} "
+                            "(docs/models/README.md)")
+    return SessionError(f"cannot load {model!r}{what}: {exc}")
+
+
 def generate_probe(args: tuple, kwargs: dict[str, Any], steps: int) -> tuple[tuple, dict[str, Any]] | None:
     """`generate()` again on the same inputs for `steps` steps (prefill + decode steps), never more than the session
     asked for; None when the call had no `input_ids` to hand TorchLens as its positional input."""
@@ -53,8 +64,8 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
                                                             **extra, **common)
         processor = AutoProcessor.from_pretrained(request.model, **common)
     except (OSError, ValueError, ImportError) as exc:
-        raise SessionError(f"cannot load {request.model!r} as an image-text model with a processor ({exc}); "
-                           f"config {config.name!r} expects one.") from None
+        raise load_error(request.model, exc, f" as an image-text model with a processor (config {config.name!r})"
+                         ) from None
     model = model.eval().to(request.device)
     if request.experts_implementation:
         model.set_experts_implementation(request.experts_implementation)

@@ -1,4 +1,5 @@
-"""Shape-only helpers shared by the per-model adapters. They never run a tensor op."""
+"""Shape-only helpers shared by the per-model adapters, and the generic extractors every config may name without
+an adapter (`GENERIC`). They never run a tensor op."""
 
 from __future__ import annotations
 
@@ -65,3 +66,11 @@ def decoder_layer(call: Any) -> dict[str, Any]:
     cache = first_tensor(call, "cache", "past_key_value", "past_key_values")
     return {"seq_len": int(h.shape[1]), "past_len": past_length(cache, index_of(call.address)),
             "mlp": type(call.module.mlp).__name__}
+
+
+GENERIC = {  # extractor names any config may use, adapter or not (an adapter function of the same name wins)
+    "causal_lm_step": step_lane,
+    "tokens": tokens_in,
+    "decoder_layer": decoder_layer,
+    "window_attention": window_attention,
+}

@@ -134,4 +134,5 @@ def session_report(events: list[CallEvent], config: ModelConfig | None, *, model
     return Report(model_class=model_class, config=config.name if config else None, source="events",
                   loops=loops, counts=counts, steps=_steps(events, step_role), moe=moe_table(events),
                   notes=_notes(events, step_role), incomplete=incomplete,
+                  reads_values=list(config.reads_values) if config else [],
                   stage_view=stage_view(loops, config.stages if config else (), step_role))

@@ -33,6 +33,7 @@ class Report:
     probe: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     incomplete: str | None = None  # "incomplete: ended after step N (why)" when the session did not end normally
+    reads_values: list[str] = field(default_factory=list)  # the tensor values the config's extractors read
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -92,3 +96,39 @@ def v1_sessions(v1_model, tmp_path_factory):
             seqs = v1_model.generate(**inputs, max_new_tokens=run["new"])
         out[name] = dict(recorder=rec, inputs=inputs, plan=plan, sequences=seqs, new=run["new"], path=path)
     return out
+
+
+# --- the reliability matrix: the command line in-process, event files edited line by line
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run the command line in-process: (exit status, stderr)."""
+    from loopmeta import run_traced
+
+    def run(*argv: str) -> tuple[int, str]:
+        try:
+            code = run_traced.main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return code, err
+    return run
+
+
+@pytest.fixture()
+def stream(v1_sessions, tmp_path):
+    """A copy of a complete v1 event file (2 new tokens, base mode) and its lines as dicts."""
+    path = tmp_path / "events.jsonl"
+    shutil.copy(v1_sessions["base"]["path"], path)
+    return path
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path

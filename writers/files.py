@@ -1,7 +1,12 @@
-"""Write a report in every form: `<stem>.json`, `<stem>.txt`, `<stem>.md`, after checking it is exact."""
+"""Write a report in every form: `<stem>.json`, `<stem>.txt`, `<stem>.md`, after checking it is exact.
+
+Each file is written whole or not at all: to a temporary file beside it, then renamed over the old one, so a full
+disk leaves the previous report in place, never a truncated one."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from ..errors import ReportFileError
@@ -21,8 +26,20 @@ def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> d
     try:
         out.mkdir(parents=True, exist_ok=True)
         for form, (_, content) in forms.items():
-            paths[form].write_text(content, encoding="utf-8")
+            write_atomically(paths[form], content)
     except OSError as exc:
         raise ReportFileError(f"cannot write the report to {out}: {exc}. Pass an output folder you can write "
                               "(--out).") from None
     return paths
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """`path` holds `content` entirely, or keeps what it held before."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

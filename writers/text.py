@@ -26,6 +26,8 @@ def to_text(report: Report) -> str:
     parts = [f"loopmeta report: {report.model_class}"
              + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}"]
     parts += [report.incomplete] if report.incomplete else []
+    if report.source == "events":
+        parts += ["tensor values read: " + ("; ".join(report.reads_values) or "none (shapes and Python values only)")]
     parts += [""] + loop_lines(report.loops)
     if report.stage_view:
         parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]

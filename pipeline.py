@@ -15,13 +15,13 @@ from typing import Any, Callable, Mapping
 import wrapt
 
 from .common.attributes import Swap
-from .errors import InstrumentationError
+from .errors import ConfigError
 from .merge.align import align
-from .merge.capture import capture
-from .merge.gemms import gemm_table
-from .merge.seed import seed_fields
+from .probe.capture import capture
+from .probe.gemms import gemm_table
+from .probe.seed import seed_fields
 from .model_configs.config import ModelConfig
-from .patches.instrumentation import Instrumentation
+from .patches.instrumentation import Instrumentation, choose_config
 from .report.build import session_report, structural_report
 from .report.schema import Report
 
@@ -82,11 +82,16 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
     return section
 
 
-def _auto_probe(config: ModelConfig, first: FirstCall | None, model: Any, steps: int) -> Probe | None:
-    if first is None or first.args is None or not steps:
-        return None
+def _auto_probe(config: ModelConfig, first: FirstCall, model: Any, steps: int) -> tuple[Probe | None, str]:
+    """The probe that repeats the session's first call of the probe method, or None and why not."""
+    if first.args is None:
+        return None, f"the session never called {first.method}()"
+    if not steps:
+        return None, "the session ran no step"
     repeated = config.function(config.session.probe)(first.args, first.kwargs, min(PROBE_STEPS, steps))
-    return None if repeated is None else Probe(getattr(model, first.method), *repeated)
+    if repeated is None:
+        return None, f"the session's {first.method}() call cannot be repeated for TorchLens (no positional input)"
+    return Probe(getattr(model, first.method), *repeated), ""
 
 
 def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | ModelConfig = "auto",
@@ -97,12 +102,13 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
     shorter (prefill + one decode step), as the config's `[session] probe` function says."""
     if isinstance(probe, str) and probe != "auto":
         raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
-    inst = Instrumentation(model, config, events=events, check_versions=check_versions, options=options)
+    chosen = choose_config(model, config)
+    spec = chosen.session
+    if probe == "auto" and not (spec.probe_method and spec.probe):
+        raise ConfigError(f"config {chosen.name!r} declares no [session] probe_method and probe: pass "
+                          "probe=Probe(...) or probe=None")
+    inst = Instrumentation(model, chosen, events=events, check_versions=check_versions, options=options)
     with inst as recorder:
-        spec = inst.config.session
-        if probe == "auto" and not (spec.probe_method and spec.probe):
-            raise InstrumentationError(f"config {inst.config.name!r} declares no [session] probe_method and probe: "
-                                       "pass probe=Probe(...) or probe=None")
         first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
         if first is None:
             output = run()
@@ -115,9 +121,9 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         report.notes.append(f"the events file is incomplete ({recorder.write_failed}); this report is built from "
                             "the events kept in memory")
     if probe == "auto":
-        probe = _auto_probe(inst.config, first, model, recorder.steps)
+        probe, why_not = _auto_probe(inst.config, first, model, recorder.steps)
         if probe is None:
-            report.notes.append(f"no TorchLens probe: the session's {spec.probe_method}() call cannot be repeated")
+            report.notes.append(f"no TorchLens probe: {why_not}")
     if probe is not None:
         report.probe = probe_section(model, probe, inst.config, recorder.events,
                                      {b.address: b.target.stage for b in inst.bindings})

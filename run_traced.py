@@ -4,8 +4,8 @@ With no arguments it runs offline on a built-in tiny random-weight DeepSeek-OCR 
 image processor, a small offline tokenizer, a synthetic page) and `generate`s a few tokens. Output folder: the
 events (JSONL), the report (JSON, text, Markdown); the compact loop nest is printed. How a model is loaded and run
 is its config's business (`[session]` in model_configs/*.toml); this file only turns options into a request.
-Imports are absolute (`loopmeta.…`) so that `python run_traced.py` works from a checkout as well as the
-`loopmeta` console script.
+Imports are absolute (`loopmeta.…`): `python run_traced.py` runs the installed package (the README's editable
+install of this checkout) as the `loopmeta` console script does.
 """
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ def positive(text: str) -> int:
     return value
 
 
+def option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    value: Any = {"true": True, "false": False}.get(raw.lower(), raw)
+    if isinstance(value, str):
+        try:
+            value = float(raw) if "." in raw else int(raw)
+        except ValueError:
+            pass
+    return key, value
+
+
 def check_device(device: str) -> None:
     import torch
 
@@ -42,12 +55,12 @@ def check_device(device: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loopmeta", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="hub id or local path (default: built-in tiny DeepSeek-OCR 2, offline)")
-    p.add_argument("--builtin", choices=["tiny", "quarter"], default="tiny",
-                   help="size of the built-in random-weight model: tiny, or quarter width at the real depths")
+    p.add_argument("--builtin", default="tiny",
+                   help="size of the built-in random-weight model: tiny, or quarter (quarter width, the real depths)")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1)")
     p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
-    p.add_argument("--prompt", default="<image>\nFree OCR.", help="prompt with one <image> tag")
+    p.add_argument("--prompt", help="prompt with one <image> tag (default: the model config's prompt)")
     p.add_argument("--mode", help="resolution mode, for models whose config lists modes (DeepSeek-OCR v1: tiny, "
                                    "small, base, large, gundam; default gundam)")
     p.add_argument("--max-new-tokens", type=positive, default=4,
@@ -61,8 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ignore-version-pins", action="store_true",
                    help="instrument even when the installed transformers is outside the config's pins")
     p.add_argument("--no-torchlens", action="store_true", help="events only: skip the TorchLens probe")
-    p.add_argument("--no-expert-ledger", action="store_true",
-                   help="DeepSeek-OCR 2: do not read the router's top-k ids (no MoE selection in the report)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", type=option,
+                   help="an option for the model config's extractors (repeatable; true/false/numbers are typed), "
+                        "e.g. expert_ledger=false: DeepSeek-OCR 2 reads no router ids (no MoE selection)")
     p.add_argument("--from-events", type=Path, metavar="EVENTS_JSONL",
                    help="no model run: rebuild the report from a saved event stream (its config, or --config)")
     p.add_argument("--allow-incomplete", action="store_true",
@@ -73,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def request_of(args: argparse.Namespace) -> Any:
-    from loopmeta.model_configs.sessions import SessionRequest
+    from loopmeta.sessions.contract import SessionRequest
 
     return SessionRequest(model=args.model, builtin=args.builtin, revision=args.revision,
                           trust_remote_code=args.trust_remote_code, image=args.image, prompt=args.prompt,
@@ -84,28 +98,29 @@ def request_of(args: argparse.Namespace) -> Any:
 
 def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
     """The config and the loaded session the options ask for (the built-in model when no --model is given)."""
-    from loopmeta.model_configs.config import config_for_classes, detect_config, load_config
+    from loopmeta.model_configs import config_for_model, detect_config, load_config
 
     request = request_of(args)
     if args.model is None:
-        from loopmeta.builtin_models.deepseek_ocr2_tiny import builtin_session
+        from loopmeta.builtin_models import default_session
 
-        session = builtin_session(request)
-        return (detect_config(session.model) if args.config == "auto" else load_config(args.config)), session
-    if args.config != "auto":
-        config = load_config(args.config)
-    else:
-        from loopmeta.model_configs.hf import architectures
-
-        archs = architectures(request)
-        config = config_for_classes(archs)
-        if config is None:
-            raise ConfigError(f"no built-in config covers {args.model!r} (architectures {archs}): pass --config with "
-                              "a config for it (model_configs/README.md), or use the config-free trace_structure() from Python")
+        session = default_session(request)
+        config = detect_config(session.model) if args.config == "auto" else load_config(args.config)
+        check_mode(args.mode, config)
+        return config, session
+    config = config_for_model(request) if args.config == "auto" else load_config(args.config)
+    check_mode(args.mode, config)
     if config.session.load is None:
         raise ConfigError(f"config {config.name!r} does not say how to load and run a session ([session] load): "
                           "drive it from Python with trace_session()")
     return config, config.function(config.session.load)(request, config)
+
+
+def check_mode(mode: str | None, config: Any) -> None:
+    if mode is not None and mode not in config.session.modes:
+        raise SessionError(f"--mode {mode}: config {config.name!r} has "
+                           + (f"modes {', '.join(config.session.modes)}" if config.session.modes else "no modes; leave "
+                              "--mode out"))
 
 
 def report_from_events(path: Path, config: str, allow_incomplete: bool) -> Any:
@@ -153,7 +168,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         report, _ = trace_session(session.model, session.run, config=config, events=events,
                                   probe=None if args.no_torchlens else "auto",
                                   check_versions=not args.ignore_version_pins,
-                                  options={"expert_ledger": not args.no_expert_ledger})
+                                  options=dict(args.option))
     paths = write_report(report, args.out)
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in paths.values()))

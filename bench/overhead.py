@@ -97,7 +97,7 @@ class Printer:
 def bench_size(size: str, reps: int, new_tokens: int, pipeline_reps: int, width: int, height: int,
                skip_pipeline: bool, out: Printer) -> dict[str, Any]:
     from loopmeta.builtin_models import deepseek_ocr2_tiny as T
-    from loopmeta.model_configs.pages import synthetic_page
+    from loopmeta.sessions.pages import synthetic_page
     from loopmeta.patches import instrument
 
     t_build, model = timed(lambda: T.build_model(size=size, seed=0))
@@ -161,7 +161,7 @@ def pipeline_part(model: Any, inputs: Any, size: str, new_tokens: int, pipeline_
     import torchlens  # noqa: F401  (imported here so that its import time is not in the first timed call)
 
     from loopmeta.merge.calltree import counts, from_trace
-    from loopmeta.merge.capture import capture
+    from loopmeta.probe.capture import capture
     from loopmeta.pipeline import Probe, trace_session
 
     input_ids = inputs["input_ids"]

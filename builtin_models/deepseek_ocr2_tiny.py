@@ -31,8 +31,8 @@ import importlib.util
 import torch
 
 from ..errors import SessionError
-from ..model_configs.sessions import Session, SessionRequest
-from ..model_configs.pages import load_image
+from ..sessions.contract import Session, SessionRequest
+from ..sessions.pages import load_image
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants shared by the tokenizer and the config
@@ -245,8 +245,16 @@ def builtin_session(request: SessionRequest) -> Session:
 
         raise SessionError(f"the built-in model needs transformers 5.x with deepseek_ocr2; installed "
                            f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
-    model = build_model(request.builtin, dtype=getattr(torch, request.dtype or "float32"),
-                        experts_implementation=request.experts_implementation).to(request.device)
-    inputs = prepare_inputs(build_processor(), load_image(request.image), request.prompt).to(request.device)
+    if request.builtin not in SIZES:
+        raise SessionError(f"no built-in size {request.builtin!r}: use one of {', '.join(SIZES)}")
+    model = build_model(request.builtin, dtype=getattr(torch, request.dtype or "float32")).to(request.device)
+    try:
+        if request.experts_implementation:
+            model.set_experts_implementation(request.experts_implementation)
+        inputs = prepare_inputs(build_processor(), load_image(request.image),
+                                DEFAULT_PROMPT if request.prompt is None else request.prompt).to(request.device)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SessionError(f"cannot prepare the built-in session: {exc}. Check --prompt (one <image> tag) and "
+                           "--experts-implementation") from None
     return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
                    f"built-in {request.builtin} random-weight DeepSeek-OCR 2")

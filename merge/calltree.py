@@ -68,7 +68,7 @@ def from_events(events: Iterable[CallEvent]) -> list[Node]:
 
 
 def from_trace(tree: Any) -> list[Node]:
-    """The root call of a TorchLens `CallTree` (merge/capture.py), every module call under it."""
+    """The root call of a TorchLens `CallTree` (probe/capture.py), every module call under it."""
     nodes = {key: Node(c.address, c.index, c.class_name) for key, c in tree.calls.items()}
     for key, call in tree.calls.items():
         nodes[key].children = [nodes[k] for k in call.children]

@@ -5,6 +5,7 @@ modules to wrap, what their calls mean, how a session of that model is driven.
 """
 
 from .config import ModelConfig, SessionSpec, Target, builtin_configs, config_for_classes, detect_config, load_config
+from .hf import config_for_model
 
-__all__ = ["ModelConfig", "SessionSpec", "Target", "builtin_configs", "config_for_classes", "detect_config",
-           "load_config"]
+__all__ = ["ModelConfig", "SessionSpec", "Target", "builtin_configs", "config_for_classes", "config_for_model",
+           "detect_config", "load_config"]

@@ -68,6 +68,7 @@ class SessionSpec:
     modes: dict[str, dict[str, Any]] = field(default_factory=dict)  # named settings the loader may take
     default_mode: str | None = None
     dtype: str | None = None  # the model dtype the session needs (None: the user's choice, float32 by default)
+    prompt: str | None = None  # the prompt when the user gives none
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class ModelConfig:
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
             return module
-        except (SyntaxError, ImportError) as exc:
+        except ConfigError:
+            raise
+        except Exception as exc:  # a syntax error, a missing import, an error at import time
             raise ConfigError(f"config {self.name!r}: adapter {self.adapter!r} cannot be imported: "
                               f"{type(exc).__name__}: {exc}") from None
 
@@ -132,7 +135,8 @@ _TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (
                               "stages": (list, str), "requires": (dict, str), "targets": list, "trace": dict,
                               "session": dict, "reads_values": (list, str)}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
-    "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str}
+    "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str,
+    "prompt": str}
 
 
 class _Checker:

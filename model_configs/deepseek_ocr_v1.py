@@ -15,8 +15,8 @@ from ..common.attributes import swapped
 from ..errors import SessionError
 from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT
 from .hf import generate_probe, load_error  # noqa: F401  (generate_probe: the [session] probe named in the TOML)
-from .pages import load_image
-from .sessions import Session, SessionRequest, dtype_of
+from ..sessions.pages import load_image
+from ..sessions.contract import Session, SessionRequest, dtype_of, prompt_of
 from .shapes import first_tensor, index_of, resolution
 
 
@@ -113,7 +113,7 @@ def _check(request: SessionRequest, config: Any) -> str:
     mode = request.mode or config.session.default_mode
     if mode not in modes:
         raise SessionError(f"unknown mode {mode!r} for {config.name}: use --mode with one of {', '.join(modes)}")
-    if request.image is None or "<image>" not in request.prompt:
+    if request.image is None or "<image>" not in prompt_of(request, config):
         raise SessionError(f"{config.name} runs the vendor's infer(), which needs an image: pass --image and a "
                            "prompt with an <image> tag")
     load_image(request.image)  # a missing or undecodable image is named here, not deep inside infer()
@@ -141,7 +141,7 @@ def infer_session(request: SessionRequest, config: Any) -> Session:
     model = model.eval().to(request.device)
 
     def run() -> Any:
-        return model.infer(tokenizer, prompt=request.prompt, image_file=str(request.image),
+        return model.infer(tokenizer, prompt=prompt_of(request, config), image_file=str(request.image),
                            output_path=str(request.out), save_results=False, eval_mode=True,
                            **config.session.modes[mode])
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SessionError
-from .sessions import Session, SessionRequest, dtype_of
+from ..errors import ConfigError
+from ..sessions.contract import Session, SessionRequest, dtype_of, prompt_of
 
 # Keywords that would contradict a short probe of `generate()`: lengths, minimum lengths and output streaming.
 _LENGTH_KEYWORDS = ("max_length", "min_length", "min_new_tokens", "streamer")
@@ -23,6 +24,19 @@ def architectures(request: SessionRequest) -> list[str]:
         raise SessionError(f"cannot load the config of {request.model!r}: {exc}. Offline, the model must be in the "
                            "local Hugging Face cache or a local folder; remote code needs --trust-remote-code.") from None
     return list(getattr(hf_config, "architectures", None) or [])
+
+
+def config_for_model(request: SessionRequest) -> Any:
+    """The built-in config whose root classes hold one of the hub model's `architectures`."""
+    from .config import config_for_classes
+
+    archs = architectures(request)
+    config = config_for_classes(archs)
+    if config is None:
+        raise ConfigError(f"no built-in config covers {request.model!r} (architectures {archs}): pass --config with "
+                          "a config for it (model_configs/README.md), or use the config-free trace_structure() from "
+                          "Python")
+    return config
 
 
 def load_error(model: str | None, exc: BaseException, what: str = "") -> SessionError:
@@ -55,7 +69,7 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
     """An `AutoModelForImageTextToText` with its `AutoProcessor`, run as `generate()` on one image and prompt."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .pages import load_image
+    from ..sessions.pages import load_image
 
     common = dict(revision=request.revision, trust_remote_code=request.trust_remote_code)
     extra = {"attn_implementation": request.attn_implementation} if request.attn_implementation else {}
@@ -67,8 +81,19 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
         raise load_error(request.model, exc, f" as an image-text model with a processor (config {config.name!r})"
                          ) from None
     model = model.eval().to(request.device)
-    if request.experts_implementation:
-        model.set_experts_implementation(request.experts_implementation)
-    inputs = processor(images=load_image(request.image), text=request.prompt, return_tensors="pt").to(request.device)
+    inputs = prepared(model, request, lambda: processor(images=load_image(request.image),
+                                                        text=prompt_of(request, config), return_tensors="pt"))
     return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
                    request.model)
+
+
+def prepared(model: Any, request: SessionRequest, process: Any) -> Any:
+    """The model's experts implementation as asked, and the processor's inputs on the device; a value either
+    refuses is a one-line `SessionError`."""
+    try:
+        if request.experts_implementation:
+            model.set_experts_implementation(request.experts_implementation)
+        return process().to(request.device)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SessionError(f"cannot prepare the session: {exc}. Check --prompt (one <image> tag per image) and "
+                           "--experts-implementation") from None

@@ -82,27 +82,34 @@ def _exit(recorder: Any, call: Any, token: Any, result: Any, error: BaseExceptio
 
 
 def _is_compiling() -> bool:
-    return False
+    """True while torch.compile traces (torch is loaded: a model is running)."""
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def bind(bindings: list[Binding], recorder: Any) -> None:
     """Route the calls of these modules to `recorder`: wrap their classes' `forward` where not yet wrapped, and each
-    instance-level `forward` (call under `LOCK`)."""
-    global _is_compiling
-    import torch
+    instance-level `forward` (call under `LOCK`). On failure, what was bound is unbound again before raising."""
+    try:
+        for b in bindings:
+            _bind_one(b, recorder)
+    except BaseException:
+        unbind(bindings)
+        raise
 
-    _is_compiling = torch.compiler.is_compiling
-    for b in bindings:
-        cls = type(b.module)
-        patch = _CLASS_PATCHES.get(cls)
-        if patch is None:
-            raw = next(vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k))  # as defined, unbound
-            patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapt.FunctionWrapper(raw, _dispatch)))
-        patch.users += 1
-        _BOUND[id(b.module)] = (b, recorder)
-        own = vars(b.module).get("forward")
-        if own is not None:
-            _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", wrapt.FunctionWrapper(own, _on(b.module)))
+
+def _bind_one(b: Binding, recorder: Any) -> None:
+    cls = type(b.module)
+    patch = _CLASS_PATCHES.get(cls)
+    if patch is None:
+        raw = next(vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k))  # as defined, unbound
+        patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapt.FunctionWrapper(raw, _dispatch)))
+    patch.users += 1
+    _BOUND[id(b.module)] = (b, recorder)
+    own = vars(b.module).get("forward")
+    if own is not None:
+        _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", wrapt.FunctionWrapper(own, _on(b.module)))
 
 
 def _on(module: Any) -> Callable[..., Any]:

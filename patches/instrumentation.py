@@ -79,6 +79,19 @@ def _missing(config: ModelConfig, target: Any, model: Any, modules: list, hits: 
             f"{type(model).__name__}; modules near {stem or '<root>'!r}: {near}")
 
 
+def _check_names(model: Any, config: ModelConfig) -> None:
+    """The config's names outside its targets exist on this model: the probe method, the rebind modules."""
+    method = config.session.probe_method
+    if method is not None and not callable(getattr(type(model), method, None)):
+        raise ConfigError(f"config {config.name!r}: [session] probe_method {method!r} is not a method of "
+                          f"{type(model).__name__}")
+    names = {a for a, _ in model.named_modules()}
+    for r in config.rebind:
+        if r.module_of not in names:
+            raise ConfigError(f"config {config.name!r}: [[trace.rebind]] module_of {r.module_of!r} is not a module of "
+                              f"{type(model).__name__}")
+
+
 def _versions(config: ModelConfig) -> dict[str, str]:
     """Installed versions of torch and of every package the config pins."""
     out = {}
@@ -90,7 +103,8 @@ def _versions(config: ModelConfig) -> dict[str, str]:
     return out
 
 
-def _choose(model: Any, config: str | Path | ModelConfig) -> ModelConfig:
+def choose_config(model: Any, config: str | Path | ModelConfig) -> ModelConfig:
+    """A loaded config as given, the built-in one for the model's class ("auto"), or one loaded by name or path."""
     if isinstance(config, ModelConfig):
         return config
     if config == "auto":
@@ -117,6 +131,7 @@ class Instrumentation:
         self.recorder: Recorder | None = None
         self.state = "new"  # new -> active -> done
         self._events_key: Path | None = None
+        self._entered = False
 
     def instrument(self) -> Recorder:
         with engine.LOCK:
@@ -138,12 +153,13 @@ class Instrumentation:
             raise InstrumentationError(f"the events file {self.events_path} is being written by another live session "
                                        f"(of {type(_OPEN_FILES[events].model).__name__}): give each session its own "
                                        "file")
-        config = _choose(self.model, self.requested_config)
+        config = choose_config(self.model, self.requested_config)
         if config.root_classes and type(self.model).__name__ not in config.root_classes:
             raise ConfigError(f"config {config.name!r} is for root classes {list(config.root_classes)}; got a "
                               f"{type(self.model).__name__}. Instrument the root model object.")
         if self.check_versions:
             check_pins(config)
+        _check_names(self.model, config)
         bindings = resolve(self.model, config)
         shared = engine.bound_elsewhere([b.module for b in bindings])
         if shared:
@@ -161,8 +177,13 @@ class Instrumentation:
         except OSError as exc:
             raise InstrumentationError(f"cannot write the events file {self.events_path}: {exc.strerror or exc}. "
                                        "Pass a file path in a folder you can write (--out).") from None
+        try:
+            engine.bind(bindings, recorder)
+        except Exception as exc:  # bind has unbound what it bound: leave nothing behind
+            recorder.close("raised", type(exc).__name__)
+            raise InstrumentationError(f"patching {type(self.model).__name__} failed, nothing is left patched: "
+                                       f"{exc!r}") from exc
         self.config, self.bindings, self.recorder = config, bindings, recorder
-        engine.bind(bindings, recorder)
         _LIVE[id(self.model)] = self
         if events is not None:
             _OPEN_FILES[events] = self
@@ -184,7 +205,12 @@ class Instrumentation:
         self.recorder.close(ended, error)
 
     def __enter__(self) -> Recorder:
-        return self.recorder if self.state == "active" else self.instrument()
+        """Instrument (or take over the instrumentation `instrument()` started); a second entry is refused."""
+        if self._entered and self.state == "active":
+            raise InstrumentationError("this Instrumentation is already entered: one `with` block per session")
+        recorder = self.recorder if self.state == "active" else self.instrument()
+        self._entered = True
+        return recorder
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
         if exc_type is None:

@@ -1,4 +1,4 @@
-"""Tests of loopmeta.merge.capture / loopmeta.merge.seed against an independent hook-based count.
+"""Tests of loopmeta.probe.capture / loopmeta.probe.seed against an independent hook-based count.
 
 The reference count uses plain ``register_forward_pre_hook`` / ``register_forward_hook`` with a stack,
 in a separate (untraced) run of the same inputs.
@@ -18,8 +18,8 @@ pytest.importorskip("torchlens")
 
 from loopmeta.errors import CaptureError  # noqa: E402
 from loopmeta.merge.calltree import counts, from_trace  # noqa: E402
-from loopmeta.merge.capture import CallTree, TracedCall, capture, method_root_address  # noqa: E402
-from loopmeta.merge.seed import seed_fields  # noqa: E402
+from loopmeta.probe.capture import CallTree, TracedCall, capture, method_root_address  # noqa: E402
+from loopmeta.probe.seed import seed_fields  # noqa: E402
 
 
 def call_counts(tree):
@@ -252,7 +252,7 @@ def test_submodule_as_fn(net_case):
 
 
 def test_summary_parsing():
-    from loopmeta.merge.capture import shapes_from_summary
+    from loopmeta.probe.capture import shapes_from_summary
 
     summary = (
         "{hidden_states: Tensor(shape=(1, 5, 32), dtype=float32), note: 'Tensor(shape=(9,), dtype=x)', "

@@ -71,9 +71,11 @@ def test_second_use_is_refused_and_the_forward_keeps_working(v1_model, inputs, t
     with inst as rec:
         with pytest.raises(InstrumentationError, match="already active"):
             inst.instrument()
-        with inst as same:  # entering an active instrumentation yields its recorder, nothing new
-            assert same is rec
-    assert not is_instrumented(v1_model)  # the inner exit already restored
+        with pytest.raises(InstrumentationError, match="already entered"):
+            with inst:
+                pass
+        assert is_instrumented(v1_model)  # the refused entry ended nothing
+    assert not is_instrumented(v1_model)
     recorded = len(rec.events)
     for again in (inst.instrument, inst.__enter__):
         with pytest.raises(InstrumentationError, match="already used .* create a new one"):
@@ -154,3 +156,34 @@ def test_a_recorder_bug_never_breaks_the_forward(v1_model, inputs, monkeypatch):
     assert rec.events == [] and rec.faults and "recorder bug" in rec.faults[0] and rec.end.faults == tuple(rec.faults)
     with pytest.raises(MergeError, match="(?s)could not be recorded.*recorder bug"):
         trace_session(v1_model, lambda: generate(v1_model, inputs), config="deepseek_ocr_v1", check_versions=False)
+
+
+def test_instrument_then_enter_is_one_session(v1_model, inputs):
+    """`with instrument(model) as rec:` enters the instrumentation `instrument()` started, once."""
+    from loopmeta.patches import instrument
+
+    inst = instrument(v1_model, "deepseek_ocr_v1", check_versions=False)
+    with inst as rec:
+        generate(v1_model, inputs)
+    assert rec is inst.recorder and rec.end.ended == "returned" and not is_instrumented(v1_model)
+
+
+def test_a_failure_while_patching_leaves_nothing_patched(v1_model, tmp_path, monkeypatch):
+    from loopmeta.common import attributes
+
+    before = forwards(v1_model)
+    real_apply, count = attributes.Swap.apply.__func__, [0]
+
+    def flaky(cls, owner, name, value):
+        count[0] += 1
+        if count[0] == 4:
+            raise RuntimeError("cannot set attribute")
+        return real_apply(cls, owner, name, value)
+
+    monkeypatch.setattr(attributes.Swap, "apply", classmethod(flaky))
+    with pytest.raises(InstrumentationError, match="nothing is left patched"):
+        Instrumentation(v1_model, "deepseek_ocr_v1", events=tmp_path / "e.jsonl", check_versions=False).instrument()
+    monkeypatch.undo()
+    assert forwards(v1_model) == before and not is_instrumented(v1_model)
+    with Instrumentation(v1_model, "deepseek_ocr_v1", check_versions=False):  # and it can be instrumented again
+        pass

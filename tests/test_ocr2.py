@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_transformers5
-from loopmeta.model_configs.pages import synthetic_page
+from loopmeta.sessions.pages import synthetic_page
 from loopmeta.merge.loops import expand, walk
 from loopmeta.model_configs import load_config
 from loopmeta.patches import instrument

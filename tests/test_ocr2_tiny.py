@@ -19,7 +19,7 @@ pytest.importorskip("tokenizers", reason="tokenizers is needed for the offline t
 import torch  # noqa: E402
 
 from loopmeta.builtin_models import deepseek_ocr2_tiny as tiny  # noqa: E402
-from loopmeta.model_configs.pages import synthetic_page  # noqa: E402
+from loopmeta.sessions.pages import synthetic_page  # noqa: E402
 from oracles.ocr2_crops import expected_crops  # noqa: E402
 
 pytestmark = pytest.mark.real_model

@@ -20,7 +20,7 @@ import loopmeta
 from loopmeta import errors
 
 ROOT = Path(loopmeta.__file__).resolve().parent
-ENGINE = ["common", "events", "patches", "merge", "report", "writers", "pipeline.py", "errors.py"]
+ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "writers", "pipeline.py", "errors.py"]
 
 
 def modules() -> dict[str, Path]:
@@ -74,7 +74,7 @@ def test_import_is_light():
 
 def test_no_import_cycles():
     graph = {name: imports_of(name, path) for name, path in modules().items()}
-    assert graph["loopmeta.pipeline"] >= {"loopmeta.patches.instrumentation", "loopmeta.merge.capture"}
+    assert graph["loopmeta.pipeline"] >= {"loopmeta.patches.instrumentation", "loopmeta.probe.capture"}
     done: set[str] = set()
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -90,10 +90,10 @@ def test_no_import_cycles():
 
 # What each part may import (docs/architecture.md); errors and common are open to all.
 LAYERS = {
-    "errors": set(), "common": set(), "events": set(), "model_configs": {"events"},
-    "builtin_models": {"model_configs", "events"}, "patches": {"model_configs", "events"},
+    "errors": set(), "common": set(), "events": set(), "sessions": set(), "model_configs": {"events", "sessions"},
+    "builtin_models": {"sessions"}, "patches": {"model_configs", "events"}, "probe": {"merge"},
     "merge": {"events"}, "report": {"merge", "model_configs", "events"}, "writers": {"report", "merge", "events"},
-    "pipeline": {"patches", "merge", "report", "model_configs", "events"},
+    "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events"},
 }
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from loopmeta.merge.capture import capture
+from loopmeta.probe.capture import capture
 from loopmeta.merge.loops import expand, walk
 from loopmeta.report.build import structural_report
 from loopmeta.writers import to_text

@@ -1,4 +1,4 @@
-"""The contract between the command line and a config's session driver (`[session] load` in the TOML).
+"""The contract between the command line and a session driver (a config's `[session] load`, or a built-in model).
 
 The command line turns its options into a `SessionRequest`; the adapter's loader turns that into a `Session`: the
 loaded model and a function that runs one inference session on it. Neither side knows the other's internals.
@@ -21,7 +21,7 @@ class SessionRequest:
     revision: str | None = None
     trust_remote_code: bool = False
     image: Path | None = None
-    prompt: str = "<image>\nFree OCR."
+    prompt: str | None = None  # None: the config's `[session] prompt`
     mode: str | None = None
     max_new_tokens: int = 4
     device: str = "cpu"
@@ -40,6 +40,11 @@ class Session:
     run: Callable[[], Any]
     label: str
     context: Callable[[], ContextManager[Any]] = field(default=contextlib.nullcontext)
+
+
+def prompt_of(request: SessionRequest, config: Any) -> str:
+    """The user's prompt, else the config's `[session] prompt`, else an empty one."""
+    return request.prompt if request.prompt is not None else (config.session.prompt or "")
 
 
 def dtype_of(request: SessionRequest, config: Any) -> Any:

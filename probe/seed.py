@@ -1,4 +1,4 @@
-"""The earlier pipeline's four seed fields, computed from a TorchLens `CallTree` (merge/capture.py).
+"""The earlier pipeline's four seed fields, computed from a TorchLens `CallTree` (probe/capture.py).
 
 The root module is `""` (as in `named_modules()`), so an edge from the root reads `"->lm_head"`; a traced bound
 method's synthetic root is `"<generate>"`.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .calltree import counts, from_trace
+from ..merge.calltree import counts, from_trace
 
 
 def edge_key(parent: str, child: str) -> str:

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths and messages stay whole, never wrapped
     try:
         return run(args, console)
     except LoopmetaError as exc:
@@ -193,7 +193,7 @@ def fail(console: Any, message: str) -> None:
     """The message verbatim (brackets are text, not markup), after a red `error:`."""
     from rich.text import Text
 
-    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False)
 
 
 def interrupted(events: Path | None) -> str:

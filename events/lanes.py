@@ -1,7 +1,7 @@
 """The lane contract: the lane keys that more than one part of loopmeta reads or writes, declared once.
 
 A lane is the dict of metadata an event carries beyond its fixed fields: adapters' extractors fill it, the engine
-adds its own keys, the merger and the writers read it. Keys not listed here are free for adapters: they travel into
+adds its own keys, loop inference, the report builder and the writers read it. Keys not listed here are free for adapters: they travel into
 the report as they are and are printed as `key=value`.
 """
 
@@ -23,12 +23,12 @@ BEFORE_FIRST_FORWARD = "before_first_forward"
 """True on calls that ran before the session's first step (e.g. image features that `generate()` computes before
 the first forward); they are counted in step 0."""
 EXTRACT_ERROR = "extract_error"
-"""An extractor raised (or returned something unusable); the message names the call. The merger refuses the stream."""
+"""An extractor raised (or returned something unusable); the message names the call. No report is made from it."""
 
 STEP_KEYS = (STEP, PHASE, BEFORE_FIRST_FORWARD)
 """Keys every call of a step carries alike: shown once per step, not on every loop."""
 
-# --- keys of a MoE call, read by the merger for the expert ledger ------------------------------------------------
+# --- keys of a MoE call, read by the report builder for the expert ledger ------------------------------------------------
 EXPERTS_HIT = "experts_hit"
 """Sorted ids of the experts that received at least one token in this MoE call."""
 TOKENS_PER_EXPERT = "tokens_per_expert"

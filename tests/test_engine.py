@@ -154,7 +154,8 @@ def test_auto_config_says_which(v1_model, caplog):
     with caplog.at_level("INFO", logger="loopmeta"):
         with instrument(v1_model, check_versions=False):
             pass
-    assert "picked 'deepseek_ocr_v1'" in caplog.text
+    (record,) = [r for r in caplog.records if "picked 'deepseek_ocr_v1'" in r.getMessage()]
+    assert record.levelname == "INFO"
 
 
 @pytest.mark.parametrize("mutate, message", [

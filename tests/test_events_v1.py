@@ -22,6 +22,7 @@ def by_role(events, role):
 
 def test_targets_resolve_from_dynamically_imported_classes(v1_sessions, v1_model):
     """Classes imported under a dynamic package name (remote code) are found and recorded like any other."""
+    assert type(v1_model).__module__.startswith("transformers_modules.deepseek_ai.DeepSeek_OCR.")
     assert type(v1_model.model.sam_model).__module__.startswith("transformers_modules.")
     ev = v1_sessions["gundam_2x3"]["recorder"].events
     recorded = {e.address: e.class_name for e in ev}

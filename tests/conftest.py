@@ -34,6 +34,22 @@ class TensorOps(TorchFunctionMode):
         return out
 
 
+def hook_counts(model, run, addresses=None):
+    """Independent count: calls per module address seen by forward pre-hooks while `run()` runs (every module, or
+    those in `addresses`)."""
+    from collections import Counter
+
+    seen: Counter[str] = Counter()
+    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
+               for a, m in model.named_modules() if addresses is None or a in addresses]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def v1_instrumented_addresses(cfg) -> set[str]:
     """The modules the deepseek_ocr_v1 config records, listed from the stub's own config numbers (not from the
     engine's pattern matching): root, model, SAM and its blocks, CLIP, its transformer and layers, the projector,

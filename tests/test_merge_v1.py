@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import end_of, v1_instrumented_addresses
+from conftest import end_of, hook_counts, v1_instrumented_addresses
 from loopmeta.errors import AlignmentError, ExactnessError, MergeError
 from loopmeta.merge import calltree
 from loopmeta.merge.loops import check_exact, expand, walk
@@ -34,19 +34,6 @@ def gen_inputs(model, size):
 def probe_of(model, inputs, steps=2):
     rest = {k: v for k, v in inputs.items() if k != "input_ids"}
     return Probe(model.generate, (inputs["input_ids"],), {**rest, "max_new_tokens": steps})
-
-
-def hook_counts(model, run):
-    """Independent count: a forward pre-hook on every module."""
-    seen: Counter[str] = Counter()
-    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
-               for a, m in model.named_modules()]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
+from conftest import hook_counts
 from loopmeta.probe.capture import capture
 from loopmeta.merge.loops import expand, walk
 from loopmeta.report.build import structural_report
@@ -37,19 +38,6 @@ class Repeats(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
-
-
-def hook_counts(model, run):
-    seen: Counter[str] = Counter()
-    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
-               for a, m in model.named_modules()]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return +seen
 
 
 def test_llama_forward_expands_to_hook_counts(llama):

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import v1_instrumented_addresses
+from conftest import hook_counts, v1_instrumented_addresses
 from loopmeta.patches import instrument
 from loopmeta.pipeline import trace_session
 from stubs.deepseek_ocr_v1 import MODES, load_stub_model
@@ -20,18 +20,6 @@ def inputs_of(model):
     kw = model.prepare_infer_inputs(image_size=(1000, 800), **MODES["gundam"])
     kw.pop("plan")
     return kw
-
-
-def hook_counts(model, addresses, run):
-    seen: Counter[str] = Counter()
-    handles = [m.register_forward_pre_hook(lambda mod, args, a=a: seen.update([a]))
-               for a, m in model.named_modules() if a in addresses]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def offload(model):
@@ -57,7 +45,7 @@ def test_every_call_of_a_dispatched_model_is_recorded(place, order):
         inst = instrument(model, "deepseek_ocr_v1", check_versions=False)
         place(model)
     with inst as rec:
-        expected = hook_counts(model, addresses, lambda: model.generate(**inputs, max_new_tokens=3))
+        expected = hook_counts(model, lambda: model.generate(**inputs, max_new_tokens=3), addresses)
     got = Counter(e.address for e in rec.events)
     assert got == expected and got["lm_head"] == 3 and got["model.projector"] == 2
     assert any(len(e.lane.get("experts_hit", [])) for e in rec.events)  # the MoE ledger is there

@@ -82,3 +82,14 @@ def test_a_config_without_a_step_target_is_refused_at_load(tmp_path):
     path.write_text('[[targets]]\nrole = "layer"\npattern = "layers[%d]"\naxis = "layer"\n')
     with pytest.raises(ConfigError, match="exactly one target must have step = true"):
         load_config(path)
+
+
+def test_a_missing_torchvision_is_named_with_its_fix():
+    import torch
+
+    from loopmeta.model_configs.hf import load_error
+
+    error = load_error("some/ocr-model", ImportError("No module named 'torchvision'"))
+    assert "needs torchvision" in str(error) and torch.__version__ in str(error)
+    assert "docs/models/README.md" in str(error)
+    assert "torchvision" not in str(load_error("m", OSError("no such folder")))

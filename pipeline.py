@@ -7,6 +7,7 @@ of the first steps, alignment, loop inference, exactness. `trace_structure` is t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,13 +109,9 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         raise ConfigError(f"config {chosen.name!r} declares no [session] probe_method and probe: pass "
                           "probe=Probe(...) or probe=None")
     inst = Instrumentation(model, chosen, events=events, check_versions=check_versions, options=options)
-    with inst as recorder:
-        first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
-        if first is None:
-            output = run()
-        else:
-            with first:
-                output = run()
+    first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
+    with inst as recorder, (first or contextlib.nullcontext()):
+        output = run()
     report = session_report(recorder.events, inst.config, model_class=type(model).__name__, end=recorder.end,
                             container_sizes=recorder.header.container_sizes)
     if recorder.write_failed:

@@ -112,6 +112,13 @@ def test_no_module_is_too_long():
     assert not long
 
 
+def test_no_function_is_too_long():
+    long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)" for name, path in modules().items()
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert not long
+
+
 _MODEL_WORDS = re.compile(r"deepseek|transformers|hugging|qwen|llama|\bgenerate\b|\binfer\b|\bsam\b|\bclip\b", re.I)
 
 

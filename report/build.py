@@ -10,10 +10,9 @@ from typing import Any
 
 from ..errors import MergeError
 from ..events import lanes
-from ..events.schema import CallEvent
+from ..events.schema import CallEvent, SessionEnd
 from ..merge import calltree
 from ..merge.loops import Hints, Loop, LoopBuilder, check_exact, walk
-from ..events.schema import SessionEnd
 from ..model_configs.config import ModelConfig
 from .completeness import complete_part
 from .moe import moe_table

@@ -4,7 +4,6 @@ report that looks complete (items 2-5, 11, 15 of docs/reliability.md)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +123,3 @@ def test_malformed_files_are_one_line_errors(stream, cli, tmp_path, edit, messag
     edit(stream)
     code, err = cli("--from-events", stream, "--out", tmp_path / "out")
     assert code == 2 and message in err and len(err.strip().splitlines()) <= 2
-
-
-def test_the_events_file_is_owned_by_the_user(stream):
-    assert oct(os.stat(stream).st_mode)[-3:] in ("644", "664", "600", "640", "660")

@@ -11,24 +11,58 @@ shapes can be compared one to one (docs/torchlens.md#input-shapes).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 MAX_DEPTH = 50  # deeper nesting is not searched (no real model argument comes near it)
 
 
-def tensor_leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def tensor_leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(name, tensor) pairs in `value`: names join keys and positions with dots (`past.0`)."""
-    import torch
+    out: list[tuple[str, Any]] = []
+    if isinstance(value, _tensor()):
+        out.append((prefix, value))
+    elif isinstance(value, _CONTAINERS):
+        _collect(value, prefix, 0, out)
+    return out
 
-    stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
-    while stack:
-        item, name, depth = stack.pop()
-        if isinstance(item, torch.Tensor):
-            yield name, item
-        elif depth < MAX_DEPTH and isinstance(item, (list, tuple, dict)):
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            children = [(v, f"{name}.{k}" if name else str(k), depth + 1) for k, v in pairs]
-            stack.extend(reversed(children))
+
+def call_leaves(args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+    """`tensor_leaves(args) + tensor_leaves(kwargs)` in one pass: the tensors a call receives, positional first.
+    Cheap enough for every recorded call: a name is built only for a tensor or a container."""
+    out: list[tuple[str, Any]] = []
+    if args:
+        _collect(args, "", 0, out)
+    if kwargs:
+        _collect(kwargs, "", 0, out)
+    return out
+
+
+_CONTAINERS = (list, tuple, dict)
+_POSITIONS = tuple(str(i) for i in range(64))
+_TENSOR: list[type] = []
+
+
+def _tensor() -> type:
+    if not _TENSOR:
+        import torch
+
+        _TENSOR.append(torch.Tensor)
+    return _TENSOR[0]
+
+
+def _collect(item: Any, name: str, depth: int, out: list[tuple[str, Any]]) -> None:
+    tensor = _TENSOR[0] if _TENSOR else _tensor()
+    if isinstance(item, dict):
+        pairs: Any = item.items()
+    elif not name and len(item) <= len(_POSITIONS):
+        pairs = zip(_POSITIONS, item)
+    else:
+        pairs = enumerate(item)
+    for key, value in pairs:
+        if isinstance(value, tensor):
+            out.append((f"{name}.{key}" if name else str(key), value))
+        elif depth < MAX_DEPTH and isinstance(value, _CONTAINERS):
+            _collect(value, f"{name}.{key}" if name else str(key), depth + 1, out)
 
 
 def shapes(value: Any) -> list[tuple[int, ...]]:

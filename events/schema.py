@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = "loopmeta.events"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)

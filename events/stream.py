@@ -1,7 +1,12 @@
-"""The JSONL event stream: line 1 is the `SessionHeader` (`"kind": "header"`), then one `CallEvent` per line
-(`"kind": "call"`), written when the call returns (or raises) and flushed at once, so a crash keeps every event
-before it; the last line is the `SessionEnd` (`"kind": "end"`). `read_events` validates every line, names the
-first bad one, and checks the end record's counts against what it read.
+"""The JSONL events file. Version 4 (written): line 1 is the `SessionHeader` (`"kind": "header"`), then one
+`"kind": "node"` line per instrumented module, then batches: the lanes and tensor lists first seen in the batch
+(`"kind": "lane"`, `"kind": "tensors"`, numbered from 0 in order) and one `"kind": "calls"` line of rows
+(events/table.py `ROW`, then the error name or null). The recorder writes a batch at each step start, every few
+thousand calls and at the end, and flushes it; the last line is the `SessionEnd` (`"kind": "end"`). A kill -9
+loses at most the calls of the batch in progress, and the missing end record says the stream was cut.
+
+Version 3 (one `"kind": "call"` object per call) is still read. `read_events` validates every line, names the first
+bad one, and checks the end record's counts against what it read.
 """
 
 from __future__ import annotations
@@ -9,57 +14,71 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Sequence
 
 from ..common.jsonable import jsonable
 from ..errors import EventFileError
 from .lanes import PHASES
 from .schema import ENDINGS, SCHEMA, SCHEMA_VERSION, CallEvent, SessionEnd, SessionHeader, TensorMeta
+from . import v3
+from .table import NO_PARENT, ROW, EventTable, NodeInfo
 
-Record = SessionHeader | CallEvent | SessionEnd
-_KINDS = {SessionHeader: "header", CallEvent: "call", SessionEnd: "end"}
+READABLE = (3, SCHEMA_VERSION)
+_KINDS = {SessionHeader: "header", SessionEnd: "end"}
 
 
 class EventStream(NamedTuple):
     header: SessionHeader
-    events: list[CallEvent]
+    table: EventTable
     end: SessionEnd | None  # None: the stream was cut (the run was killed, or the file truncated)
 
-
-def _metas(metas: tuple[TensorMeta, ...]) -> list[dict[str, Any]]:
-    return [{"name": m.name, "shape": list(m.shape), "dtype": m.dtype, "device": m.device} for m in metas]
-
-
-def _call_dict(e: CallEvent) -> dict[str, Any]:
-    """`jsonable(e)` for the hot path: the same keys in the same order, built directly (lanes hold JSON values)."""
-    return {"session": e.session, "seq": e.seq, "step": e.step, "phase": e.phase, "address": e.address,
-            "class_name": e.class_name, "call_index": e.call_index,
-            "parent": None if e.parent is None else list(e.parent), "role": e.role, "stage": e.stage, "lane": e.lane,
-            "inputs": _metas(e.inputs), "outputs": _metas(e.outputs), "device": e.device, "error": e.error}
+    @property
+    def events(self) -> list[CallEvent]:
+        """The calls as `CallEvent`s (built on each access)."""
+        return list(self.table.events())
 
 
-def dump_line(obj: Record) -> str:
-    data = _call_dict(obj) if type(obj) is CallEvent else jsonable(obj)
-    data["kind"] = _KINDS[type(obj)]
-    return json.dumps(data, separators=(",", ":"))  # field and lane order kept as written
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":")) + "\n"  # field and lane order kept as written
+
+
+def dump_line(obj: SessionHeader | SessionEnd) -> str:
+    """The line of a header or an end record (the same in versions 3 and 4)."""
+    return json.dumps({**jsonable(obj), "kind": _KINDS[type(obj)]}, separators=(",", ":"))
 
 
 class EventWriter:
-    """Writes one session's stream: `open()` truncates the file and writes the header; one flushed line per event."""
+    """Writes one session's stream: `open()` truncates the file and writes the header and the nodes; each
+    `write_calls` writes what the rows need that was not written yet, then the rows, and flushes."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fh: IO[str] | None = None
+        self._lanes = self._tensors = 0  # table entries written so far
 
-    def open(self, header: SessionHeader) -> None:
+    def open(self, header: SessionHeader, nodes: Sequence[NodeInfo]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = self.path.open("w", encoding="utf-8")
-        self.write(header)
+        self._put(dump_line(header) + "\n" + "".join(_dumps({"kind": "node", "id": i, **dataclasses.asdict(n)})
+                                              for i, n in enumerate(nodes)))
 
-    def write(self, obj: Record) -> None:
+    def write_calls(self, table: EventTable, rows: list[tuple]) -> None:
+        lines = [_dumps({"kind": "lane", "id": i, "lane": table.lanes[i]})
+                 for i in range(self._lanes, len(table.lanes))]
+        lines += [_dumps({"kind": "tensors", "id": i, "tensors": [[m.name, list(m.shape), m.dtype, m.device]
+                                                                  for m in table.tensors[i]]})
+                  for i in range(self._tensors, len(table.tensors))]
+        lines.append(_dumps({"kind": "calls", "rows": rows}))
+        self._put("".join(lines))
+        self._lanes, self._tensors = len(table.lanes), len(table.tensors)
+
+    def write_end(self, end: SessionEnd) -> None:
+        self._put(dump_line(end) + "\n")
+
+    def _put(self, text: str) -> None:
         if self._fh is None:
             raise EventFileError(f"event file {self.path} is not open")
-        self._fh.write(dump_line(obj) + "\n")
+        self._fh.write(text)
         self._fh.flush()
 
     def close(self) -> None:
@@ -68,54 +87,12 @@ class EventWriter:
             self._fh = None
 
 
-_CALL_FIELDS = {f.name for f in dataclasses.fields(CallEvent)}
-_REQUIRED = _CALL_FIELDS - {"lane", "inputs", "outputs", "device", "error"}
-
-
-def _tensor_metas(raw: Any, where: str) -> tuple[TensorMeta, ...]:
-    if not isinstance(raw, list):
-        raise ValueError(f"{where} must be a list")
-    out = []
-    for t in raw:
-        if not isinstance(t, dict) or set(t) != {"name", "shape", "dtype", "device"}:
-            raise ValueError(f"{where} entries need exactly name, shape, dtype, device; got {t!r}")
-        out.append(TensorMeta(str(t["name"]), tuple(int(d) for d in t["shape"]), str(t["dtype"]), str(t["device"])))
-    return tuple(out)
-
-
-def _event_from_dict(data: dict[str, Any]) -> CallEvent:
-    missing = _REQUIRED - set(data)
-    if missing:
-        raise ValueError(f"missing fields {sorted(missing)}")
-    unknown = set(data) - _CALL_FIELDS - {"kind"}
-    if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}")
-    if data["phase"] not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {data['phase']!r}")
-    for name in ("seq", "step", "call_index"):
-        if type(data[name]) is not int or data[name] < (1 if name == "call_index" else 0):
-            raise ValueError(f"{name} must be a non-negative int (call_index >= 1), got {data[name]!r}")
-    parent = data["parent"]
-    if parent is not None:
-        if not (isinstance(parent, list) and len(parent) == 2 and type(parent[1]) is int):
-            raise ValueError(f"parent must be null or [address, call_index], got {parent!r}")
-        parent = (str(parent[0]), parent[1])
-    return CallEvent(
-        session=str(data["session"]), seq=data["seq"], step=data["step"], phase=data["phase"],
-        address=str(data["address"]), class_name=str(data["class_name"]), call_index=data["call_index"],
-        parent=parent, role=str(data["role"]), stage=data["stage"], lane=dict(data.get("lane") or {}),
-        inputs=_tensor_metas(data.get("inputs", []), "inputs"),
-        outputs=_tensor_metas(data.get("outputs", []), "outputs"),
-        device=data.get("device"), error=data.get("error"),
-    )
-
-
 def _header_from_dict(data: dict[str, Any], where: str) -> SessionHeader:
     if data.get("kind") != "header" or data.get("schema") != SCHEMA:
         raise EventFileError(f"{where}: first line must be a {SCHEMA} header")
-    if data.get("version") != SCHEMA_VERSION:
-        raise EventFileError(f"{where}: schema version {data.get('version')!r}, this loopmeta reads version "
-                             f"{SCHEMA_VERSION}")
+    if data.get("version") not in READABLE:
+        raise EventFileError(f"{where}: schema version {data.get('version')!r}, this loopmeta reads versions "
+                             f"{', '.join(map(str, READABLE))}")
     sizes, step_role = data.get("container_sizes", {}), data.get("step_role")
     if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
         raise EventFileError(f"{where}: bad header: container_sizes must map containers to ints, got {sizes!r}")
@@ -124,7 +101,7 @@ def _header_from_dict(data: dict[str, Any], where: str) -> SessionHeader:
     try:
         return SessionHeader(session=str(data["session"]), config=str(data["config"]),
                              model_class=str(data["model_class"]), versions=dict(data["versions"]),
-                             container_sizes=dict(sizes), step_role=step_role)
+                             container_sizes=dict(sizes), step_role=step_role, version=data["version"])
     except (KeyError, TypeError, ValueError) as exc:
         raise EventFileError(f"{where}: bad header ({exc!r})") from None
 
@@ -143,20 +120,21 @@ def _end_from_dict(data: dict[str, Any], where: str) -> SessionEnd:
     return SessionEnd(**{k: v for k, v in data.items() if k in fields and k != "faults"}, faults=tuple(faults))
 
 
-def _check_counts(path: Path, header: SessionHeader, events: list[CallEvent], end: SessionEnd) -> None:
+def _check_counts(path: Path, header: SessionHeader, table: EventTable, end: SessionEnd) -> None:
     """The end record counts what was recorded: fewer events or steps in the file means the file lost them."""
-    steps = len({e.step for e in events if e.role == header.step_role}) if header.step_role else 0
-    if (end.events, end.steps) != (len(events), steps):
+    step_nodes = {i for i, n in enumerate(table.nodes) if n.role == header.step_role}
+    steps = len({s for s, n in zip(table.columns["step"], table.columns["node"]) if n in step_nodes})
+    if (end.events, end.steps) != (len(table), steps):
         raise EventFileError(f"{path}: the end record counts {end.events} events in {end.steps} steps, the file holds "
-                             f"{len(events)} events in {steps} steps: the stream lost events; no report is made")
+                             f"{len(table)} events in {steps} steps: the stream lost events; no report is made")
 
 
 def read_events(path: str | Path) -> EventStream:
     """Read and validate an event file; raise `EventFileError` naming the line of the first problem."""
     path = Path(path)
-    events: list[CallEvent] = []
     header: SessionHeader | None = None
     end: SessionEnd | None = None
+    body: _Version3 | _Version4 | None = None
     try:
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -166,22 +144,104 @@ def read_events(path: str | Path) -> EventStream:
                 data = _line(line, where)
                 if header is None:
                     header = _header_from_dict(data, where)
+                    body = _Version3(header) if header.version == 3 else _Version4(header)
                 elif end is not None:
                     raise EventFileError(f"{where}: a line after the end record")
                 elif data.get("kind") == "end":
                     end = _end_from_dict(data, where)
                 else:
-                    events.append(_call(data, where, header))
+                    body.add(data, where)
     except UnicodeDecodeError as exc:
         raise EventFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a loopmeta event "
                              "stream") from None
     except OSError as exc:
         raise EventFileError(f"cannot read event file {path}: {exc}") from None
-    if header is None:
+    if header is None or body is None:
         raise EventFileError(f"{path}: empty file, no {SCHEMA} header")
+    table = body.finish()
     if end is not None:
-        _check_counts(path, header, events, end)
-    return EventStream(header, events, end)
+        _check_counts(path, header, table, end)
+    return EventStream(header, table, end)
+
+
+class _Version3:
+    def __init__(self, header: SessionHeader):
+        self.header, self.events = header, []
+
+    def add(self, data: dict[str, Any], where: str) -> None:
+        self.events.append(v3.call_from_line(data, where, self.header))
+
+    def finish(self) -> EventTable:
+        table = EventTable.from_events(self.events)
+        table.session = self.header.session
+        return table
+
+
+_NODE_KEYS = {"kind", "id", "address", "class_name", "role", "stage"}
+
+
+class _Version4:
+    """Definitions and batches of rows into an `EventTable`; rows are checked column by column at the end."""
+
+    def __init__(self, header: SessionHeader):
+        self.table = EventTable(header.session)
+        self.batches: list[tuple[int, str]] = []  # (first row, where) of each calls line
+
+    def add(self, data: dict[str, Any], where: str) -> None:
+        kind, t = data.get("kind"), self.table
+        if kind == "calls":
+            self._rows(data.get("rows"), where)
+            return
+        listing = {"node": t.nodes, "lane": t.lanes, "tensors": t.tensors}.get(kind)
+        if listing is None:
+            raise EventFileError(f"{where}: expected kind node, lane, tensors, calls or end, got {kind!r}")
+        if data.get("id") != len(listing):
+            raise EventFileError(f"{where}: {kind} id {data.get('id')!r}, expected {len(listing)} (ids count up from 0)")
+        try:
+            listing.append(self._definition(kind, data))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EventFileError(f"{where}: bad {kind} record ({exc})") from None
+
+    @staticmethod
+    def _definition(kind: str, data: dict[str, Any]) -> Any:
+        if kind == "node":
+            if set(data) != _NODE_KEYS or not all(isinstance(data[k], str) for k in ("address", "class_name", "role")):
+                raise ValueError(f"needs exactly {sorted(_NODE_KEYS)}, strings")
+            return NodeInfo(data["address"], data["class_name"], data["role"],
+                            None if data["stage"] is None else str(data["stage"]))
+        if kind == "lane":
+            if not isinstance(data["lane"], dict):
+                raise TypeError("lane must be an object")
+            return data["lane"]
+        return tuple(TensorMeta(str(name), tuple(int(d) for d in shape), str(dtype), str(device))
+                     for name, shape, dtype, device in data["tensors"])
+
+    def _rows(self, rows: Any, where: str) -> None:
+        width = len(ROW) + 1
+        if not isinstance(rows, list) or not all(type(r) is list and len(r) == width for r in rows):
+            raise EventFileError(f"{where}: calls rows must be lists of {width} values ({', '.join(ROW)}, error)")
+        errors = [r[-1] for r in rows if r[-1] is not None]
+        if not all(isinstance(e, str) for e in errors):
+            raise EventFileError(f"{where}: a row's error must be a string or null")
+        self.batches.append((len(self.table), where))
+        try:
+            self.table.extend(rows)
+        except (TypeError, OverflowError) as exc:
+            raise EventFileError(f"{where}: calls rows must hold ints ({exc})") from None
+
+    def finish(self) -> EventTable:
+        t = self.table
+        limits = {"seq": (0, None), "step": (0, None), "phase": (0, len(PHASES)), "node": (0, len(t.nodes)),
+                  "call_index": (1, None), "parent": (NO_PARENT, None), "lane": (0, len(t.lanes)),
+                  "inputs": (0, len(t.tensors)), "outputs": (0, len(t.tensors))}
+        for name, (low, high) in limits.items():
+            column = t.columns[name]
+            if column and (min(column) < low or (high is not None and max(column) >= high)):
+                row = next(i for i, v in enumerate(column) if v < low or (high is not None and v >= high))
+                first, where = next((f, w) for f, w in reversed(self.batches) if f <= row)
+                bound = "" if high is None else high - 1
+                raise EventFileError(f"{where}: row {row - first} has {name} {column[row]}, outside [{low}, {bound}]")
+        return t
 
 
 def _line(line: str, where: str) -> dict[str, Any]:
@@ -194,13 +254,3 @@ def _line(line: str, where: str) -> dict[str, Any]:
     return data
 
 
-def _call(data: dict[str, Any], where: str, header: SessionHeader) -> CallEvent:
-    if data.get("kind") != "call":
-        raise EventFileError(f"{where}: expected kind 'call', got {data.get('kind')!r}")
-    try:
-        event = _event_from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise EventFileError(f"{where}: {exc}") from None
-    if event.session != header.session:
-        raise EventFileError(f"{where}: session {event.session!r} != header {header.session!r}")
-    return event

@@ -7,24 +7,37 @@ TorchLens trace, every module call. `counts` is the one place calls are counted 
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ..errors import MergeError
 from ..events import lanes
-from ..events.schema import CallEvent
+from ..events.table import NO_PARENT, EventTable
 
 
-@dataclass
 class Node:
-    address: str
-    index: int
-    class_name: str
-    lane: dict[str, Any] = field(default_factory=dict)
-    role: str | None = None
-    stage: str | None = None
-    children: list[Node] = field(default_factory=list)
+    """One module call. `children` is a list, or (built from events) computed on each access from the table, so a
+    session's call tree never lives in memory as a whole."""
+
+    __slots__ = ("address", "index", "class_name", "lane", "role", "stage", "_children", "_tree", "_seq")
+
+    def __init__(self, address: str, index: int, class_name: str, lane: dict[str, Any] | None = None,
+                 role: str | None = None, stage: str | None = None, children: list[Node] | None = None):
+        self.address, self.index, self.class_name = address, index, class_name
+        self.lane = {} if lane is None else lane
+        self.role, self.stage = role, stage
+        self._children = [] if children is None else children
+        self._tree: _TableTree | None = None
+        self._seq = -1
+
+    @property
+    def children(self) -> list[Node]:
+        return self._tree.children(self._seq) if self._tree is not None else self._children
+
+    @children.setter
+    def children(self, value: list[Node]) -> None:
+        self._children, self._tree = value, None
 
     def walk(self) -> Iterator[Node]:
         yield self
@@ -32,49 +45,132 @@ class Node:
             yield from child.walk()
 
 
-def from_events(events: Iterable[CallEvent]) -> list[Node]:
-    """The top-level calls of a session (parent None), each with its subtree, in start order.
+def _name(address: str, index: int) -> str:
+    return f"{address or '<root>'}:{index}"
 
-    Refuses a stream with a call missing: `seq` must run 0..N-1 and each node's call indices 1..n in start order."""
-    nodes: dict[tuple[str, int], Node] = {}
-    roots: list[Node] = []
-    seen: Counter[str] = Counter()
-    ordered = sorted(events, key=lambda e: e.seq)
-    for position, e in enumerate(ordered):
-        name = f"{e.address or '<root>'}:{e.call_index}"
-        if position and ordered[position - 1].seq == e.seq:
-            raise MergeError(f"event seq {e.seq} ({name}) appears twice: the stream holds a duplicated line")
-        if e.seq != position:
-            raise MergeError(f"event seq {position} is missing (next is {name} with seq {e.seq}): the stream lost a "
-                             "call")
-        if e.key in nodes:
-            raise MergeError(f"two events for {name}")
-        seen[e.address] += 1
-        if e.call_index != seen[e.address]:
-            raise MergeError(f"{name} starts as call {seen[e.address]} of its node: the stream lost or renumbered a "
-                             "call")
-        lane = dict(e.lane)
-        lane.setdefault(lanes.STEP, e.step)
-        lane.setdefault(lanes.PHASE, e.phase)
-        node = nodes[e.key] = Node(e.address, e.call_index, e.class_name, lane, e.role, e.stage)
-        if e.parent is None:
-            roots.append(node)
-        elif e.parent not in nodes:
-            raise MergeError(f"event {name} names parent {e.parent[0]}:{e.parent[1]}, which has no event that "
-                             "started before it")
-        else:
-            nodes[e.parent].children.append(node)
-    return roots
+
+class _TableTree:
+    """The call tree of an `EventTable`, checked once, kept as two int arrays: the row of each seq and the seq where
+    each call's subtree ends (calls nest: a call's descendants started after it and before it ended)."""
+
+    def __init__(self, table: EventTable):
+        self.table = table
+        c = table.columns
+        self.node, self.index, self.lane_id = c["node"], c["call_index"], c["lane"]
+        self.step, self.phase = c["step"], c["phase"]
+        self.rows = self._rows_by_seq(c["seq"])
+        self.end = self._check(c["parent"])
+        self._lanes: dict[tuple[int, int, int], dict[str, Any]] = {}
+
+    def _label(self, seq: int) -> str:
+        row = self.rows[seq]
+        return _name(self.table.nodes[self.node[row]].address, self.index[row])
+
+    def _rows_by_seq(self, seqs: Any) -> array:
+        n = len(seqs)
+        rows = array("q", [-1]) * max(n, max(seqs, default=-1) + 1)
+        for row, s in enumerate(seqs):
+            if rows[s] != -1:
+                raise MergeError(f"event seq {s} ({self._name_of(row)}) appears twice: the stream holds a duplicated "
+                                 "line")
+            rows[s] = row
+        if len(rows) > n:
+            missing = rows.index(-1)
+            later = next(s for s in range(missing, len(rows)) if rows[s] != -1)
+            raise MergeError(f"event seq {missing} is missing (next is {self._name_of(rows[later])} with seq {later}): "
+                             "the stream lost a call")
+        return rows
+
+    def _name_of(self, row: int) -> str:
+        return _name(self.table.nodes[self.table.columns["node"][row]].address, self.table.columns["call_index"][row])
+
+    def _check(self, parents: Any) -> array:
+        """Call indices 1..n per node in start order, every parent open when its child starts; the subtree ends."""
+        seen = [0] * len(self.table.nodes)
+        end = array("q", [0]) * len(self.rows)
+        stack: list[int] = []
+        for s, row in enumerate(self.rows):
+            node, index, parent = self.node[row], self.index[row], parents[row]
+            seen[node] += 1
+            if index != seen[node]:
+                if index < seen[node]:
+                    raise MergeError(f"two events for {self._name_of(row)}")
+                raise MergeError(f"{self._name_of(row)} starts as call {seen[node]} of its node: the stream lost or "
+                                 "renumbered a call")
+            while stack and stack[-1] != parent:
+                end[stack.pop()] = s
+            if parent != NO_PARENT and not stack:
+                raise MergeError(f"event {self._name_of(row)} names parent {self._parent_name(parent, row)}, which "
+                                 "has no event that started before it and was still running")
+            stack.append(s)
+        for s in stack:
+            end[s] = len(self.rows)
+        return end
+
+    def _parent_name(self, seq: int, row: int) -> str:
+        if 0 <= seq < len(self.rows):
+            return self._label(seq)
+        lost = self.table.lost_parents.get(row)
+        return _name(*lost) if lost else f"seq {seq}"
+
+    def node_at(self, seq: int) -> Node:
+        row = self.rows[seq]
+        info = self.table.nodes[self.node[row]]
+        key = (self.lane_id[row], self.step[row], self.phase[row])
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = dict(self.table.lanes[key[0]])
+            lane.setdefault(lanes.STEP, key[1])
+            lane.setdefault(lanes.PHASE, lanes.PHASES[key[2]])
+            self._lanes[key] = lane
+        node = Node(info.address, self.index[row], info.class_name, lane, info.role, info.stage)
+        if self.end[seq] > seq + 1:
+            node._tree, node._seq = self, seq
+        return node
+
+    def children(self, seq: int) -> list[Node]:
+        out, child = [], seq + 1
+        while child < self.end[seq]:
+            out.append(self.node_at(child))
+            child = self.end[child]
+        return out
+
+    def roots(self) -> list[Node]:
+        out, s = [], 0
+        while s < len(self.rows):
+            out.append(self.node_at(s))
+            s = self.end[s]
+        return out
+
+
+def from_table(table: EventTable) -> list[Node]:
+    """The top-level calls of a session (parent None), each with its subtree (built on access), in start order.
+
+    Refuses a stream with a call missing or doubled: `seq` must run 0..N-1, each node's call indices 1..n in start
+    order, and each parent must be running when its child starts."""
+    return _TableTree(table).roots()
 
 
 def from_trace(tree: Any) -> list[Node]:
     """The root call of a TorchLens `CallTree` (probe/capture.py), every module call under it."""
     nodes = {key: Node(c.address, c.index, c.class_name) for key, c in tree.calls.items()}
     for key, call in tree.calls.items():
-        nodes[key].children = [nodes[k] for k in call.children]
+        nodes[key].children.extend(nodes[k] for k in call.children)
     return [nodes[tree.root]]
 
 
 def counts(roots: Iterable[Node]) -> dict[str, int]:
     """Calls per address under `roots` (addresses in order of first call)."""
     return dict(Counter(node.address for root in roots for node in root.walk()))
+
+
+def table_counts(table: EventTable) -> dict[str, int]:
+    """Calls per address in a table (addresses in order of first call), counted from its columns alone."""
+    calls = [0] * len(table.nodes)
+    first = [len(table)] * len(table.nodes)
+    for node, seq in zip(table.columns["node"], table.columns["seq"]):
+        calls[node] += 1
+        if seq < first[node]:
+            first[node] = seq
+    ran = sorted((n for n in range(len(calls)) if calls[n]), key=first.__getitem__)
+    return {table.nodes[n].address: calls[n] for n in ran}

@@ -142,20 +142,20 @@ class LoopBuilder:
 
     def _node(self, calls: list[Node]) -> list[Loop]:
         first = calls[0]
-        bodies = [self.build(c.children) for c in calls]
         variants: list[Variant] = []
-        sigs: list[tuple] = []
-        for i, body in enumerate(bodies):
+        sigs: dict[tuple, Variant] = {}
+        for i, call in enumerate(calls):  # one body at a time: absorbed, then dropped
+            body = self.build(call.children)
             sig = signature(body, first.address)
-            if sig in sigs:
-                v = variants[sigs.index(sig)]
+            v = sigs.get(sig)
+            if v is not None:
                 v.iterations.append(i)
                 absorb(v.body, body)
             else:
-                sigs.append(sig)
-                variants.append(Variant([i], body))
+                sigs[sig] = Variant([i], body)
+                variants.append(sigs[sig])
         kind = "parfor" if len(calls) > 1 else "call"
-        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[dict(c.lane) for c in calls],
+        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[c.lane for c in calls],
                     variants=variants)
         return [self._label(loop, first)]
 
@@ -173,7 +173,7 @@ class LoopBuilder:
             first = members[0][1]
             loop = Loop("select", first.address, first.class_name, len(members), container=container,
                         members=sorted(indices), container_size=size,
-                        lanes=[dict(c.lane) for _, c in members], picks=[[i for i, _ in members]],
+                        lanes=[c.lane for _, c in members], picks=[[i for i, _ in members]],
                         variants=[Variant(list(range(len(members))), bodies[0])])
             for body in bodies[1:]:
                 absorb(loop.body, body)
@@ -187,7 +187,7 @@ class LoopBuilder:
             first = run[0][1]
             kind = "for" if len(run) > 1 else "call"
             loop = Loop(kind, first.address, first.class_name, len(run), container=container,
-                        members=[i for i, _ in run], lanes=[dict(c.lane) for _, c in run],
+                        members=[i for i, _ in run], lanes=[c.lane for _, c in run],
                         variants=[Variant([0], run_bodies[0])])
             for body in run_bodies[1:]:
                 absorb(loop.body, body)

@@ -3,6 +3,7 @@ an adapter (`GENERIC`). They never run a tensor op."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..events.lanes import DECODE, PHASE, PREFILL
@@ -19,6 +20,7 @@ def past_length(cache: Any, layer_idx: int = 0) -> int:
     raise TypeError(f"unknown KV cache type {type(cache).__name__}")
 
 
+@functools.lru_cache(maxsize=4096)
 def index_of(address: str) -> int:
     """The last integer component of an address (`model.layers.7` -> 7)."""
     return int(address.rsplit(".", 1)[1])

@@ -3,6 +3,8 @@
 Invariants:
 - a class's `forward` is wrapped while at least one bound instance of it is live (reference-counted), and the
   identical original attribute object is put back when the last one goes (common/attributes.py);
+- a class that also has instances nobody records (`nn.Linear`, when only `lm_head` is a target) is left alone: its
+  recorded instances get an instance-level wrapper instead, so the other instances' calls cost nothing;
 - a module whose instance carries its own `forward` (accelerate's hooks put one there) gets that attribute wrapped
   too, so its calls are seen; it is restored with the rest;
 - the registries change only under `LOCK`, so instrumenting and uninstrumenting from several threads is safe;
@@ -25,13 +27,17 @@ from ..common.attributes import Swap
 
 @dataclass(frozen=True)
 class Binding:
-    """One instrumented module: its address, its config target and the target's extractors, bound once."""
+    """One instrumented module: its address, its config target and the target's extractors, bound once; `node` is
+    its index in the recorder's node table; `class_level`: every instance of its class in the model is recorded, so
+    the class's `forward` is wrapped (otherwise the instance's own)."""
 
     address: str
     module: Any
     target: Any
     on_enter: Callable[..., Any] | None
     on_exit: Callable[..., Any] | None
+    node: int = 0
+    class_level: bool = True
 
 
 @dataclass
@@ -54,7 +60,7 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     if entry is None or entry[0].module is not instance:
         return wrapped(*args, **kwargs)
     binding, recorder = entry
-    if _is_compiling():  # a compiled graph runs without this wrapper: its calls cannot be counted
+    if _IS_COMPILING():  # a compiled graph runs without this wrapper: its calls cannot be counted
         recorder.fault(COMPILED)
         return wrapped(*args, **kwargs)
     try:
@@ -81,16 +87,20 @@ def _exit(recorder: Any, call: Any, token: Any, result: Any, error: BaseExceptio
         recorder.fault(f"recording the end of {call.address}:{call.index}: {exc!r}")
 
 
-def _is_compiling() -> bool:
-    """True while torch.compile traces (torch is loaded: a model is running)."""
-    import torch
+def _not_compiling() -> bool:
+    return False
 
-    return torch.compiler.is_compiling()
+
+_IS_COMPILING: Callable[[], bool] = _not_compiling  # torch.compiler.is_compiling once a module is bound
 
 
 def bind(bindings: list[Binding], recorder: Any) -> None:
     """Route the calls of these modules to `recorder`: wrap their classes' `forward` where not yet wrapped, and each
     instance-level `forward` (call under `LOCK`). On failure, what was bound is unbound again before raising."""
+    global _IS_COMPILING
+    import torch
+
+    _IS_COMPILING = torch.compiler.is_compiling
     try:
         for b in bindings:
             _bind_one(b, recorder)
@@ -101,13 +111,16 @@ def bind(bindings: list[Binding], recorder: Any) -> None:
 
 def _bind_one(b: Binding, recorder: Any) -> None:
     cls = type(b.module)
-    patch = _CLASS_PATCHES.get(cls)
-    if patch is None:
-        raw = next(vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k))  # as defined, unbound
-        patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapt.FunctionWrapper(raw, _dispatch)))
-    patch.users += 1
-    _BOUND[id(b.module)] = (b, recorder)
     own = vars(b.module).get("forward")
+    if b.class_level:
+        patch = _CLASS_PATCHES.get(cls)
+        if patch is None:
+            raw = next(vars(k)["forward"] for k in cls.__mro__ if "forward" in vars(k))  # as defined, unbound
+            patch = _CLASS_PATCHES[cls] = _ClassPatch(Swap.apply(cls, "forward", wrapt.FunctionWrapper(raw, _dispatch)))
+        patch.users += 1
+    elif own is None:
+        own = b.module.forward  # the class's forward, bound to this instance
+    _BOUND[id(b.module)] = (b, recorder)
     if own is not None:
         _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", wrapt.FunctionWrapper(own, _on(b.module)))
 
@@ -127,6 +140,8 @@ def unbind(bindings: list[Binding]) -> None:
         swap = _INSTANCE_SWAPS.pop(id(b.module), None)
         if swap is not None:
             swap.restore()
+        if not b.class_level:
+            continue
         cls = type(b.module)
         patch = _CLASS_PATCHES[cls]
         patch.users -= 1

@@ -16,14 +16,17 @@ Invariants (after OpenTelemetry's instrumentors):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InstrumentationError
 from ..events.schema import SessionHeader
+from ..events.table import NodeInfo
 from ..model_configs.config import ModelConfig, detect_config, load_config
 from . import engine
 from .recorder import Recorder
@@ -64,8 +67,10 @@ def resolve(model: Any, config: ModelConfig) -> list[engine.Binding]:
                                   f"{target.role!r}; a module may have one role")
             owner[id(module)] = target.role
             found.append(engine.Binding(address, module, target, config.function(target.on_enter),
-                                        config.function(target.on_exit)))
-    return found
+                                        config.function(target.on_exit), node=len(found)))
+    instances = Counter(type(m) for _, m in modules)
+    bound = Counter(type(b.module) for b in found)
+    return [dataclasses.replace(b, class_level=bound[type(b.module)] == instances[type(b.module)]) for b in found]
 
 
 def _missing(config: ModelConfig, target: Any, model: Any, modules: list, hits: list) -> str:
@@ -173,7 +178,8 @@ class Instrumentation:
                                                 for c in selected},
                                step_role=config.step_target.role if config.step_target else None)
         try:
-            recorder = Recorder(header, self.events_path, self.options)
+            recorder = Recorder(header, [NodeInfo(b.address, type(b.module).__name__, b.target.role, b.target.stage)
+                                         for b in bindings], self.events_path, self.options)
         except OSError as exc:
             raise InstrumentationError(f"cannot write the events file {self.events_path}: {exc.strerror or exc}. "
                                        "Pass a file path in a folder you can write (--out).") from None

@@ -1,4 +1,5 @@
-"""The recorder: numbers calls, tracks steps and parent calls, and turns each finished call into a `CallEvent`.
+"""The recorder: numbers calls, tracks steps and parent calls, and turns each finished call into a row of the
+session's `EventTable` (events/table.py).
 
 Invariants: call indices count per address over the session; the parent stack lives in a `ContextVar`, so
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
@@ -14,22 +15,27 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import threading
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..common.tensors import call_leaves, tensor_leaves
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
-from ..common.tensors import tensor_leaves
+from ..events.table import NO_PARENT, EventTable, NodeInfo, lane_key
+
+FLUSH_ROWS = 4096
+"""Calls kept pending at most: they move to the table (and the events file) when a step starts and when it ends, at
+this count and at the end, so a kill -9 loses at most the calls of the step in progress (fewer than FLUSH_ROWS)."""
+_PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
 
 
-def tensor_metas(value: Any) -> tuple[TensorMeta, ...]:
-    """Metadata of the tensors in a value, in the order TorchLens summarises them (common/tensors.py)."""
-    return tuple(TensorMeta(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), str(t.device))
-                 for name, t in tensor_leaves(value))
+def tensor_key(leaves: list[tuple[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+    """(name, shape, dtype, device) of (name, tensor) pairs as torch gives them: a hashable key, turned into strings
+    once per distinct key (`Recorder._tensors_id`)."""
+    return tuple([(name, t.shape, t.dtype, t.device) for name, t in leaves])
 
 
 def json_safe(value: Any) -> bool:
@@ -43,49 +49,48 @@ def json_safe(value: Any) -> bool:
     return False
 
 
-_SIGNATURES: dict[Any, list[str]] = {}
+_POSITIONS: dict[Any, dict[str, int]] = {}
 
 
-def _param_names(fn: Callable[..., Any]) -> list[str]:
+def _positions(fn: Callable[..., Any]) -> dict[str, int]:
+    """Position of each positional parameter of a forward (bound: without self), cached per function."""
     key = getattr(fn, "__func__", fn)
-    if key not in _SIGNATURES:
+    found = _POSITIONS.get(key)
+    if found is None:
         try:
-            _SIGNATURES[key] = [p.name for p in inspect.signature(fn).parameters.values()
-                                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            names = [p.name for p in inspect.signature(fn).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         except (TypeError, ValueError):
-            _SIGNATURES[key] = []
-    return _SIGNATURES[key]
+            names = []
+        found = _POSITIONS[key] = {name: i for i, name in enumerate(names)}
+    return found
 
 
-@dataclass
 class Call:
-    """One running call, handed to extractors: `lane` is filled by `on_enter`, then by `on_exit`."""
+    """One running call, handed to extractors: `lane` is filled by `on_enter`, then by `on_exit`; `children` are the
+    calls it made so far (finished, with their lanes); `inputs` are read when the call starts, before the forward
+    can change them. A finished call drops its arguments, so it never keeps a tensor alive."""
 
-    address: str
-    index: int
-    seq: int
-    step: int
-    phase: str
-    role: str
-    stage: str | None
-    module: Any
-    forward: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    parent: Call | None
-    state: dict[str, Any]
-    lane: dict[str, Any] = field(default_factory=dict)
-    children: list[CallEvent] = field(default_factory=list)
-    inputs: tuple[TensorMeta, ...] = ()  # read when the call starts, before the forward can change its inputs
+    __slots__ = ("address", "index", "seq", "step", "phase", "role", "stage", "module", "forward", "args", "kwargs",
+                 "parent", "state", "lane", "children", "inputs", "node", "is_step")
+
+    def __init__(self, address: str, index: int, seq: int, step: int, phase: str, role: str, stage: str | None,
+                 module: Any, forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None,
+                 state: dict[str, Any], inputs: tuple = (), node: int = 0):
+        self.address, self.index, self.seq, self.step, self.phase = address, index, seq, step, phase
+        self.role, self.stage, self.module, self.forward, self.args, self.kwargs = role, stage, module, forward, args, \
+            kwargs
+        self.parent, self.state, self.inputs, self.node = parent, state, inputs, node
+        self.is_step = False
+        self.lane: dict[str, Any] = {}
+        self.children: list[Call] = []
 
     def arg(self, name: str, default: Any = None) -> Any:
         """An argument by name, whether it was passed by keyword or by position."""
         if name in self.kwargs:
             return self.kwargs[name]
-        names = _param_names(self.forward)
-        if name in names and names.index(name) < len(self.args):
-            return self.args[names.index(name)]
-        return default
+        i = _positions(self.forward).get(name)
+        return self.args[i] if i is not None and i < len(self.args) else default
 
     def calls_before_in_parent(self) -> int:
         """How many calls of this address the parent call made before this one (0 for the first)."""
@@ -95,81 +100,151 @@ class Call:
 
 
 class Recorder:
-    """Collects the events of one session in memory and, when `events_path` is given, in a JSONL file."""
+    """Collects the calls of one session in an `EventTable` and, when `events_path` is given, in the events file.
 
-    def __init__(self, header: SessionHeader, events_path: str | Path | None = None,
+    Per call it reads shapes and runs the extractors; rows wait in a short pending list that moves to the table (and
+    the file) when a step starts or ends, every `FLUSH_ROWS` calls and at the end."""
+
+    def __init__(self, header: SessionHeader, nodes: list[NodeInfo], events_path: str | Path | None = None,
                  options: dict[str, Any] | None = None):
         self.header = header
         self.session = header.session
-        self.events: list[CallEvent] = []
+        self._table = EventTable(header.session)
+        self._table.nodes.extend(nodes)
         self.faults: list[str] = []
         self.write_failed: str | None = None
         self.end: SessionEnd | None = None
         self.state: dict[str, Any] = {"options": dict(options or {})}
         self.steps = 0
         self._writer = EventWriter(events_path) if events_path else None
-        self._counts: Counter[str] = Counter()
+        self._counts = [0] * len(nodes)
         self._seq = 0
         self._phase = lanes.PREFILL
+        self._pending: list[tuple] = []
+        self._tensor_ids: dict[tuple, int] = {}
+        self._lane_ids: dict[Any, int] = {}
+        self._lock = threading.Lock()
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
         if self._writer:
-            self._writer.open(header)
+            self._writer.open(header, nodes)
+
+    @property
+    def table(self) -> EventTable:
+        """Every call recorded so far (pending calls are moved in first)."""
+        if self._pending:
+            self.flush()
+        return self._table
+
+    @property
+    def events(self) -> list[CallEvent]:
+        """Every call recorded so far as `CallEvent`s, in the order they finished (built on each access)."""
+        return list(self.table.events())
 
     def current(self) -> Call | None:
         return self._stack.get()
 
     def enter(self, binding: Any, module: Any, forward: Callable[..., Any], args: tuple,
               kwargs: dict) -> tuple[Call, contextvars.Token]:
-        """Start a call of `binding` (address, target, bound extractors); the caller must `exit` it."""
+        """Start a call of `binding` (address, target, bound extractors, node); the caller must `exit` it."""
         target = binding.target
-        parent = self._stack.get()
-        self._counts[binding.address] += 1
-        step = self.steps if target.step else max(self.steps - 1, 0)
+        node = binding.node
+        self._counts[node] = index = self._counts[node] + 1
         if target.step:
+            self.flush()
+            step = self.steps
             self.steps += 1
-        call = Call(address=binding.address, index=self._counts[binding.address], seq=self._seq, step=step,
-                    phase=self._phase, role=target.role, stage=target.stage, module=module, forward=forward,
-                    args=args, kwargs=kwargs, parent=parent, state=self.state,
-                    inputs=tensor_metas(args) + tensor_metas(kwargs))
+        else:
+            step = self.steps - 1 if self.steps else 0
+        call = Call(binding.address, index, self._seq, step, self._phase, target.role, target.stage, module, forward,
+                    args, kwargs, self._stack.get(), self.state, tensor_key(call_leaves(args, kwargs)), node)
         self._seq += 1
         if self.steps == 0:
             call.lane[lanes.BEFORE_FIRST_FORWARD] = True
-        self._extract(call, binding.on_enter)
+        if binding.on_enter is not None:
+            self._extract(call, binding.on_enter)
         if target.step:
             phase = call.lane.get(lanes.PHASE)
-            if phase not in lanes.PHASES:
+            if phase not in _PHASE_CODES:
                 call.lane.setdefault(lanes.EXTRACT_ERROR,
                                      f"{call.address}:{call.index}: the step extractor gave phase {phase!r}")
                 phase = lanes.PREFILL if step == 0 else lanes.DECODE
             self._phase = call.phase = phase
+            call.is_step = True
         return call, self._stack.set(call)
 
     def exit(self, call: Call, token: contextvars.Token, result: Any, error: BaseException | None,
              on_exit: Callable[..., Any] | None) -> None:
         self._stack.reset(token)
-        if error is None:
+        if error is None and on_exit is not None:
             self._extract(call, on_exit, result)
-        event = CallEvent(
-            session=self.session, seq=call.seq, step=call.step, phase=call.phase, address=call.address,
-            class_name=type(call.module).__name__, call_index=call.index,
-            parent=(call.parent.address, call.parent.index) if call.parent else None, role=call.role,
-            stage=call.stage, lane=call.lane, inputs=call.inputs,
-            outputs=tensor_metas(result) if error is None else (),
-            device=call.inputs[0].device if call.inputs else None,
-            error=None if error is None else type(error).__name__,
-        )
-        self.events.append(event)
-        if call.parent is not None:
-            call.parent.children.append(event)
-        self._write(event)
+        parent = call.parent
+        row = (call.seq, call.step, _PHASE_CODES[call.phase], call.node, call.index,
+               NO_PARENT if parent is None else parent.seq, self._lane_id(call),
+               self._tensors_id(call.inputs), self._tensors_id(tensor_key(tensor_leaves(result)) if error is None else ()),
+               None if error is None else type(error).__name__)
+        call.args, call.kwargs, call.inputs = (), {}, ()
+        if parent is not None:
+            parent.children.append(call)
+        pending = self._pending
+        pending.append(row)  # atomic; `flush` takes a prefix of the list under its lock
+        if call.is_step or len(pending) >= FLUSH_ROWS:
+            self.flush()
 
-    def _write(self, record: CallEvent | SessionEnd) -> None:
+    def _lane_id(self, call: Call) -> int:
+        """The interned id of the call's lane; a lane seen for the first time is checked to be plain JSON, and one
+        that is not loses the offending values and gets `extract_error`."""
+        lane = call.lane
+        try:
+            key = lane_key(lane)
+            found = self._lane_ids.get(key)
+        except TypeError:  # an unhashable value (a set, an array): not plain JSON
+            key, found = None, None
+        if found is not None:
+            return found
+        bad = sorted(k for k, v in lane.items() if type(k) is not str or not json_safe(v))
+        if bad:
+            call.lane = lane = {k: v for k, v in lane.items() if k not in bad}
+            lane[lanes.EXTRACT_ERROR] = (f"{call.address}:{call.index}: the lane is not a dict of plain JSON values "
+                                         f"(str, int, float, bool, None, lists, str-keyed dicts): {bad} hold "
+                                         "other objects")
+            return self._table.add_lane(lane)
+        with self._lock:
+            found = self._lane_ids.setdefault(key, len(self._table.lanes))
+            if found == len(self._table.lanes):
+                self._table.lanes.append(lane)
+        return found
+
+    def _tensors_id(self, key: tuple) -> int:
+        found = self._tensor_ids.get(key)
+        if found is None:
+            metas = tuple(TensorMeta(name, tuple(shape), str(dtype).removeprefix("torch."), str(device))
+                          for name, shape, dtype, device in key)
+            tensors = self._table.tensors
+            found = self._tensor_ids.setdefault(key, len(tensors))
+            if found == len(tensors):
+                tensors.append(metas)
+        return found
+
+    def flush(self) -> None:
+        """Move the pending calls to the table and write them to the events file."""
+        with self._lock:
+            pending = self._pending
+            rows = pending[:len(pending)]
+            del pending[:len(rows)]
+            if rows:
+                self._table.extend(rows)
+                self._write(rows)
+
+    def _write(self, record: list[tuple] | SessionEnd) -> None:
         """Append to the file; on failure stop writing, keep the memory, warn once (the host never sees it)."""
         if self._writer is None:
             return
         try:
-            self._writer.write(record)
+            if isinstance(record, SessionEnd):
+                self._writer.write_end(record)
+            else:
+                self._writer.write_calls(self._table, record)
         except (OSError, ValueError) as exc:
             self.write_failed = f"writing {self._writer.path} failed: {exc}"
             warnings.warn(f"loopmeta: {self.write_failed}; the file is incomplete, every event is kept in memory",
@@ -179,14 +254,13 @@ class Recorder:
             self._writer = None
 
     def _extract(self, call: Call, fn: Callable[..., Any] | None, *result: Any) -> None:
-        if fn is None:
-            return
         try:
-            lane = fn(call, *result) or {}
-            if type(lane) is not dict or not json_safe(lane):
-                raise TypeError(f"returned {lane!r}, not a dict of plain JSON values (str, int, float, bool, None, "
-                                "lists, str-keyed dicts)")
-            call.lane.update(lane)
+            lane = fn(call, *result)
+            if lane:
+                if type(lane) is not dict:
+                    raise TypeError(f"returned {lane!r}, not a dict of plain JSON values (str, int, float, bool, None, "
+                                    "lists, str-keyed dicts)")
+                call.lane.update(lane)
         except Exception as exc:  # an extractor bug must not break the user's inference; the merge refuses it
             call.lane[lanes.EXTRACT_ERROR] = f"{call.address}:{call.index}: {fn.__name__} raised {exc!r}"
 
@@ -199,7 +273,8 @@ class Recorder:
         """End the session: keep and write the end record, close the file (idempotent)."""
         if self.end is not None:
             return
-        self.end = SessionEnd(session=self.session, events=len(self.events), steps=self.steps, ended=ended,
+        self.flush()
+        self.end = SessionEnd(session=self.session, events=len(self._table), steps=self.steps, ended=ended,
                               error=error, write_failed=self.write_failed, faults=tuple(self.faults))
         self._write(self.end)
         if self._writer:

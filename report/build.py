@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import MergeError
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd
+from ..events.table import NO_PARENT, EventTable, as_table
 from ..merge import calltree
 from ..merge.loops import Hints, Loop, LoopBuilder, check_exact, walk
 from ..model_configs.config import ModelConfig
@@ -80,19 +81,27 @@ def _check_steps(loops: list[Loop], step_role: str | None) -> None:
                              f"(compare the events of step {odd[0]} with step {first[0]})")
 
 
-def _refuse_broken(events: list[CallEvent]) -> None:
-    errors = [e.lane[lanes.EXTRACT_ERROR] for e in events if lanes.EXTRACT_ERROR in e.lane]
+def _refuse_broken(table: EventTable) -> None:
+    c = table.columns
+    bad = {i for i, lane in enumerate(table.lanes) if lanes.EXTRACT_ERROR in lane}
+    errors = [table.lanes[c["lane"][r]][lanes.EXTRACT_ERROR] for r in table.rows_where("lane", bad)]
     if errors:
         raise MergeError("metadata extraction failed, no report is made:\n  " + "\n  ".join(errors))
-    raised = [f"{e.address}:{e.call_index} raised {e.error}" for e in events if e.error]
+    raised = [f"{table.nodes[c['node'][r]].address}:{c['call_index'][r]} raised {name}"
+              for r, name in sorted(table.errors.items(), key=lambda item: c["seq"][item[0]])]
     if raised:
         raise MergeError("the session raised inside instrumented calls:\n  " + "\n  ".join(raised))
 
 
-def _steps(events: list[CallEvent], step_role: str | None) -> list[dict[str, Any]]:
+def _role_nodes(table: EventTable, step_role: str | None) -> set[int]:
+    return {i for i, n in enumerate(table.nodes) if n.role == step_role}
+
+
+def _steps(table: EventTable, step_role: str | None) -> list[dict[str, Any]]:
     """The step target's lanes in order; refuses a new prefill after decode steps (a second generation)."""
-    steps = [{lanes.STEP: e.step, **{k: v for k, v in e.lane.items() if k != lanes.STEP}}
-             for e in sorted(events, key=lambda e: e.seq) if e.role == step_role]
+    c = table.columns
+    steps = [{lanes.STEP: c["step"][r], **{k: v for k, v in table.lanes[c["lane"][r]].items() if k != lanes.STEP}}
+             for r in table.rows_where("node", _role_nodes(table, step_role))]
     decoded = [s[lanes.STEP] for s in steps if s.get(lanes.PHASE) == lanes.DECODE]
     again = [s[lanes.STEP] for s in steps
              if s.get(lanes.PHASE) == lanes.PREFILL and decoded and s[lanes.STEP] > decoded[0]]
@@ -102,36 +111,35 @@ def _steps(events: list[CallEvent], step_role: str | None) -> list[dict[str, Any
     return steps
 
 
-def _notes(events: list[CallEvent], step_role: str | None) -> list[str]:
-    top = [e for e in events if e.parent is None and e.role != step_role]
-    early = sorted({e.address for e in top if e.lane.get(lanes.BEFORE_FIRST_FORWARD)})
-    between = sorted({e.address for e in top if not e.lane.get(lanes.BEFORE_FIRST_FORWARD)})
+def _notes(table: EventTable, step_role: str | None) -> list[str]:
+    c, steps = table.columns, _role_nodes(table, step_role)
+    top = [r for r in table.rows_where("parent", {NO_PARENT}) if c["node"][r] not in steps]
+    early = {r for r in top if table.lanes[c["lane"][r]].get(lanes.BEFORE_FIRST_FORWARD)}
     notes = []
-    if early:
-        notes.append(f"ran before the first forward of the session, counted in step 0: {', '.join(early)}")
-    if between:
-        notes.append(f"ran outside any forward after the first one (not in the stage view): {', '.join(between)}")
+    for rows, what in ((early, "ran before the first forward of the session, counted in step 0"),
+                       (set(top) - early, "ran outside any forward after the first one (not in the stage view)")):
+        if rows:
+            notes.append(f"{what}: {', '.join(sorted({table.nodes[c['node'][r]].address for r in rows}))}")
     return notes
 
 
-def session_report(events: list[CallEvent], config: ModelConfig | None, *, model_class: str,
+def session_report(events: EventTable | list[CallEvent], config: ModelConfig | None, *, model_class: str,
                    end: SessionEnd | None, container_sizes: dict[str, int] | None = None,
                    allow_incomplete: bool = False) -> Report:
     """The labelled loop nest of a whole session from its events and end record; exactness is checked before
     returning. A session that did not end normally is refused unless `allow_incomplete` (report/completeness.py)."""
     step_role = config.step_target.role if config and config.step_target else None
-    events, incomplete = complete_part(events, end, step_role, allow_incomplete)
-    if not events:
+    table, incomplete = complete_part(as_table(events), end, step_role, allow_incomplete)
+    if not len(table):
         raise MergeError("the session recorded no call of an instrumented module: nothing to report (did the "
                          "session run the model?)")
-    _refuse_broken(events)
-    roots = calltree.from_events(events)
-    loops = LoopBuilder(hints_for(config, container_sizes)).build(roots)
-    counts = calltree.counts(roots)
+    _refuse_broken(table)
+    loops = LoopBuilder(hints_for(config, container_sizes)).build(calltree.from_table(table))
+    counts = calltree.table_counts(table)
     check_exact(loops, counts)
     _check_steps(loops, step_role)
     return Report(model_class=model_class, config=config.name if config else None, source="events",
-                  loops=loops, counts=counts, steps=_steps(events, step_role), moe=moe_table(events),
-                  notes=_notes(events, step_role), incomplete=incomplete,
+                  loops=loops, counts=counts, steps=_steps(table, step_role), moe=moe_table(table),
+                  notes=_notes(table, step_role), incomplete=incomplete,
                   reads_values=list(config.reads_values) if config else [],
                   stage_view=stage_view(loops, config.stages if config else (), step_role))

@@ -7,22 +7,29 @@ from typing import Any, Iterable
 
 from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT
 from ..events.schema import CallEvent
+from ..events.table import EventTable, as_table
 
 
-def moe_table(events: Iterable[CallEvent]) -> dict[str, Any] | None:
+def moe_table(events: EventTable | Iterable[CallEvent]) -> dict[str, Any] | None:
     """One row per MoE call (address, call, step, k = experts hit, experts, tokens per expert, experts_total = M) and
     a summary:
     k min/mean/max, the expert-load imbalance (per MoE node, the busiest expert's tokens over the mean over all its
     experts, unused ones counting 0; the largest over nodes) and the experts implementations seen."""
-    events = sorted(events, key=lambda e: e.seq)
-    rows = [{"address": e.address, "call": e.call_index, "step": e.step, "k": len(e.lane[EXPERTS_HIT]),
-             "experts": list(e.lane[EXPERTS_HIT]), "tokens": list(e.lane.get(TOKENS_PER_EXPERT, [])),
-             EXPERTS_TOTAL: e.lane.get(EXPERTS_TOTAL)}
-            for e in events if EXPERTS_HIT in e.lane]
+    table = as_table(events)
+    c, lanes = table.columns, table.lanes
+    hit = {i for i, lane in enumerate(lanes) if EXPERTS_HIT in lane}
+    rows = []
+    for r in table.rows_where("lane", hit):
+        lane = lanes[c["lane"][r]]
+        rows.append({"address": table.nodes[c["node"][r]].address, "call": c["call_index"][r], "step": c["step"][r],
+                     "k": len(lane[EXPERTS_HIT]), "experts": list(lane[EXPERTS_HIT]),
+                     "tokens": list(lane.get(TOKENS_PER_EXPERT, [])), EXPERTS_TOTAL: lane.get(EXPERTS_TOTAL)})
     if not rows:
         return None
     ks = [r["k"] for r in rows]
-    impls = sorted({str(e.lane[EXPERTS_IMPLEMENTATION]) for e in events if EXPERTS_IMPLEMENTATION in e.lane})
+    used = set(c["lane"])
+    impls = sorted({str(lane[EXPERTS_IMPLEMENTATION]) for i, lane in enumerate(lanes)
+                    if EXPERTS_IMPLEMENTATION in lane and i in used})
     load: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     total: dict[str, int] = {}
     for r in rows:

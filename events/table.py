@@ -1,0 +1,181 @@
+"""A session's calls as compact columns: what the recorder keeps, the events file holds and the merge reads.
+
+A call is one row of ints (`ROW`): its start order `seq`, `step`, `phase` (index into `lanes.PHASES`), `node` (index
+into `nodes`: address, class, role, stage), `call_index`, `parent` (the seq of the parent call, -1 for none), `lane`
+(index into `lanes`), `inputs` and `outputs` (indices into `tensors`), plus an error name for the rare call that
+raised. Lanes and tensor lists are interned: a decode step repeats the same few, so a call costs about 80 bytes.
+
+Invariants: rows are kept in the order calls finished; ids index tables that only grow; `lanes[i]` and
+`tensors[i]` are never changed once added (readers share them). `event(i)` rebuilds the `CallEvent` of row i.
+
+    >>> from loopmeta.events.schema import CallEvent
+    >>> e = CallEvent("s", 0, 0, "prefill", "lm_head", "Linear", 1, None, "lm_head", None, {"tokens": 3})
+    >>> t = EventTable.from_events([e, CallEvent("s", 1, 0, "prefill", "lm_head", "Linear", 2, None, "lm_head",
+    ...                                              None, {"tokens": 3})])
+    >>> len(t), len(t.lanes), t.event(1) == CallEvent("s", 1, 0, "prefill", "lm_head", "Linear", 2, None,
+    ...                                                "lm_head", None, {"tokens": 3})
+    (2, 1, True)
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..errors import EventFileError
+from .lanes import PHASES
+from .schema import CallEvent, TensorMeta
+
+ROW = ("seq", "step", "phase", "node", "call_index", "parent", "lane", "inputs", "outputs")
+"""The int columns of a call, in row order (an events-file row adds the error name or null)."""
+NO_PARENT = -1
+LOST_PARENT = -2
+"""A version-3 call whose parent call has no event (the stream was cut inside it)."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What every call of one instrumented module shares."""
+
+    address: str
+    class_name: str
+    role: str
+    stage: str | None
+
+
+def lane_key(lane: dict[str, Any]) -> Any:
+    """A hashable key, equal only for lanes equal as JSON (`1`, `1.0` and `true` differ): keys, value types and values,
+    or the `repr` when a value is a list or a dict (exact for plain JSON values; key order counts, which only makes
+    two ids for one lane)."""
+    types = tuple(map(type, lane.values()))
+    if list in types or dict in types or tuple in types:
+        return repr(lane)
+    return tuple(lane), types, tuple(lane.values())
+
+
+class EventTable:
+    """The calls of one session in columns, with interned nodes, lanes and tensor lists."""
+
+    def __init__(self, session: str = "") -> None:
+        self.session = session
+        self.nodes: list[NodeInfo] = []
+        self.lanes: list[dict[str, Any]] = []
+        self.tensors: list[tuple[TensorMeta, ...]] = []
+        self.errors: dict[int, str] = {}  # row -> type name of the exception the call raised
+        self.lost_parents: dict[int, tuple[str, int]] = {}  # row -> the (address, call) a version-3 event names
+        self.columns: dict[str, array] = {name: array("q") for name in ROW}
+        self._lane_ids: dict[Any, int] = {}
+        self._seq_rows: array | None = None
+
+    def __len__(self) -> int:
+        return len(self.columns["seq"])
+
+    # --- building ---------------------------------------------------------------------------------------------
+    def add_lane(self, lane: dict[str, Any]) -> int:
+        """The id of `lane`, added when new."""
+        key = lane_key(lane)
+        found = self._lane_ids.get(key)
+        if found is None:
+            found = self._lane_ids[key] = len(self.lanes)
+            self.lanes.append(lane)
+        return found
+
+    def extend(self, rows: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
+        """Append rows of `len(ROW)` ints, each optionally followed by an error name (or None)."""
+        start = len(self) if first_row is None else first_row
+        columns = list(zip(*rows))
+        for name, values in zip(ROW, columns):
+            self.columns[name].extend(values)
+        if len(columns) > len(ROW) and columns[len(ROW)].count(None) != len(rows):
+            self.errors.update((start + i, e) for i, e in enumerate(columns[len(ROW)]) if e is not None)
+        self._seq_rows = None
+
+    @classmethod
+    def from_events(cls, events: Iterable[CallEvent]) -> EventTable:
+        """A table of `CallEvent`s (rows in the given order)."""
+        events = list(events)
+        table = cls(events[0].session if events else "")
+        node_ids: dict[NodeInfo, int] = {}
+        tensor_ids: dict[tuple[TensorMeta, ...], int] = {}
+        seq_of = {e.key: e.seq for e in events}
+        rows = []
+        for e in events:
+            node = NodeInfo(e.address, e.class_name, e.role, e.stage)
+            n = node_ids.setdefault(node, len(node_ids))
+            if n == len(table.nodes):
+                table.nodes.append(node)
+            ids = []
+            for metas in (e.inputs, e.outputs):
+                t = tensor_ids.setdefault(metas, len(tensor_ids))
+                if t == len(table.tensors):
+                    table.tensors.append(metas)
+                ids.append(t)
+            parent = NO_PARENT if e.parent is None else seq_of.get(e.parent, LOST_PARENT)
+            if parent == LOST_PARENT:
+                table.lost_parents[len(rows)] = e.parent
+            rows.append((e.seq, e.step, PHASES.index(e.phase), n, e.call_index, parent, table.add_lane(dict(e.lane)),
+                         ids[0], ids[1], e.error))
+        if rows:
+            table.extend(rows)
+        return table
+
+    def subset(self, rows: Iterable[int]) -> EventTable:
+        """A table of some rows (in the given order), sharing the interned tables."""
+        out = EventTable(self.session)
+        out.nodes, out.lanes, out.tensors = self.nodes, self.lanes, self.tensors
+        kept = list(rows)
+        for name in ROW:
+            column = self.columns[name]
+            out.columns[name] = array("q", (column[r] for r in kept))
+        out.errors = {i: self.errors[r] for i, r in enumerate(kept) if r in self.errors}
+        out.lost_parents = {i: self.lost_parents[r] for i, r in enumerate(kept) if r in self.lost_parents}
+        return out
+
+    def rows_where(self, column: str, wanted: set[int] | frozenset[int]) -> list[int]:
+        """Rows whose `column` value is in `wanted`, in start (seq) order."""
+        seqs = self.columns["seq"]
+        return sorted((r for r, v in enumerate(self.columns[column]) if v in wanted), key=seqs.__getitem__)
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def row_of_seq(self, seq: int) -> int:
+        """The row of the call that started `seq`-th (raises KeyError when no call has that seq)."""
+        if self._seq_rows is None:
+            seqs = self.columns["seq"]
+            rows = array("q", [-1]) * (max(seqs, default=-1) + 1)
+            for row, s in enumerate(seqs):
+                rows[s] = row
+            self._seq_rows = rows
+        row = self._seq_rows[seq] if 0 <= seq < len(self._seq_rows) else -1
+        if row < 0:
+            raise KeyError(seq)
+        return row
+
+    def event(self, row: int) -> CallEvent:
+        """The `CallEvent` of one row (its lane a fresh copy)."""
+        c = self.columns
+        node = self.nodes[c["node"][row]]
+        inputs, parent = self.tensors[c["inputs"][row]], c["parent"][row]
+        if parent != NO_PARENT:
+            try:
+                p = self.row_of_seq(parent)
+            except KeyError:
+                raise EventFileError(f"call {node.address or '<root>'}:{c['call_index'][row]} names a parent call that "
+                                     "has no event: the stream was cut inside it") from None
+            parent_key: tuple[str, int] | None = (self.nodes[c["node"][p]].address, c["call_index"][p])
+        else:
+            parent_key = None
+        return CallEvent(session=self.session, seq=c["seq"][row], step=c["step"][row], phase=PHASES[c["phase"][row]],
+                         address=node.address, class_name=node.class_name, call_index=c["call_index"][row],
+                         parent=parent_key, role=node.role, stage=node.stage, lane=dict(self.lanes[c["lane"][row]]),
+                         inputs=inputs, outputs=self.tensors[c["outputs"][row]],
+                         device=inputs[0].device if inputs else None, error=self.errors.get(row))
+
+    def events(self) -> Iterator[CallEvent]:
+        for row in range(len(self)):
+            yield self.event(row)
+
+
+def as_table(events: EventTable | Iterable[CallEvent]) -> EventTable:
+    """A table as it is, or the table of some `CallEvent`s."""
+    return events if isinstance(events, EventTable) else EventTable.from_events(events)

@@ -3,7 +3,8 @@
 (`"kind": "lane"`, `"kind": "tensors"`, numbered from 0 in order) and one `"kind": "calls"` line of rows
 (events/table.py `ROW`, then the error name or null). The recorder writes a batch at each step start, every few
 thousand calls and at the end, and flushes it; the last line is the `SessionEnd` (`"kind": "end"`). A kill -9
-loses at most the calls of the batch in progress, and the missing end record says the stream was cut.
+loses at most the calls of the batch in progress; the missing end record (and a last line written in part, which
+is dropped) says the stream was cut.
 
 Version 3 (one `"kind": "call"` object per call) is still read. `read_events` validates every line, names the first
 bad one, and checks the end record's counts against what it read.
@@ -141,6 +142,8 @@ def read_events(path: str | Path) -> EventStream:
                 if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
+                if not line.endswith("\n") and header is not None and not _parses(line):
+                    break  # a last line written in part: the run was killed while writing it, the stream is cut
                 data = _line(line, where)
                 if header is None:
                     header = _header_from_dict(data, where)
@@ -242,6 +245,14 @@ class _Version4:
                 bound = "" if high is None else high - 1
                 raise EventFileError(f"{where}: row {row - first} has {name} {column[row]}, outside [{low}, {bound}]")
         return t
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _line(line: str, where: str) -> dict[str, Any]:

@@ -84,16 +84,22 @@ def _rel(address: str, base: str) -> str:
 
 
 def signature(loops: list[Loop], base: str) -> tuple:
-    """Shape of a body relative to `base`: kinds, addresses, classes, bounds; not lanes or select picks."""
+    """Shape of a body relative to `base`: kinds, addresses, classes, bounds; not lanes or select picks. A loop's own
+    part below its address is computed once and kept on it (`_inner`, not a field: reports never hold it); merging
+    instances (`absorb`) never changes it."""
     out = []
     for loop in loops:
+        inner = loop.__dict__.get("_inner")
+        if inner is None:
+            if loop.kind == "select":
+                inner = signature(loop.body, loop.address)
+            else:
+                inner = tuple((tuple(v.iterations), signature(v.body, loop.address)) for v in loop.variants)
+            loop.__dict__["_inner"] = inner
         if loop.kind == "select":
-            out.append(("select", _rel(loop.container or "", base), loop.class_name,
-                        signature(loop.body, loop.address)))
+            out.append(("select", _rel(loop.container or "", base), loop.class_name, inner))
         else:
-            inner = tuple((tuple(v.iterations), signature(v.body, loop.address)) for v in loop.variants)
-            out.append((loop.kind, _rel(loop.address, base), loop.class_name, loop.bound, tuple(loop.members),
-                        inner))
+            out.append((loop.kind, _rel(loop.address, base), loop.class_name, loop.bound, tuple(loop.members), inner))
     return tuple(out)
 
 

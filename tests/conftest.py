@@ -135,9 +135,23 @@ def cli(capsys):
 
 @pytest.fixture()
 def stream(v1_sessions, tmp_path):
-    """A copy of a complete v1 event file (2 new tokens, base mode) and its lines as dicts."""
+    """A copy of a complete v1 event file (2 new tokens, base mode), in version 3 (one line per call)."""
     path = tmp_path / "events.jsonl"
     shutil.copy(v1_sessions["base"]["path"], path)
+    return as_version3(path)
+
+
+def as_version3(path: Path) -> Path:
+    """Rewrite an events file in version 3 (one JSON object per call, in the order calls finished), the older format
+    loopmeta still reads: tests edit calls one line at a time in it."""
+    import dataclasses
+
+    from loopmeta.events.stream import dump_line, read_events
+    from loopmeta.events.v3 import call_line
+
+    header, table, end = read_events(path)
+    lines = [dump_line(dataclasses.replace(header, version=3))] + [call_line(e) for e in table.events()]
+    path.write_text("\n".join(lines + ([dump_line(end)] if end else [])) + "\n")
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from loopmeta.events import read_events
 from loopmeta.model_configs import load_config
 from loopmeta.patches import instrument, is_instrumented, uninstrument
 from loopmeta.patches import instrumentation
-from conftest import TensorOps
+from conftest import TensorOps, as_version3
 from stubs.deepseek_ocr_v1 import MODES, load_stub_model
 
 MISSING = object()
@@ -158,22 +159,45 @@ def test_auto_config_says_which(v1_model, caplog):
     assert record.levelname == "INFO"
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda lines: ["not json"] + lines[1:], "not JSON"),
-    (lambda lines: [json.dumps({**json.loads(lines[0]), "version": 99})] + lines[1:], "schema version 99"),
-    (lambda lines: lines[1:], "first line must be a loopmeta.events header"),
-    (lambda lines: lines[:1] + [json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "seq"})],
+def _calls_line(lines: list[str], edit: Any) -> list[str]:
+    """Apply `edit` to the first row of the first calls line (version 4)."""
+    at = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "calls")
+    data = json.loads(lines[at])
+    data["rows"][0] = edit(data["rows"][0])
+    return lines[:at] + [json.dumps(data)] + lines[at + 1:]
+
+
+def _first(lines: list[str], kind: str) -> int:
+    return next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == kind)
+
+
+@pytest.mark.parametrize("version, mutate, message", [
+    (4, lambda lines: ["not json"] + lines[1:], "not JSON"),
+    (4, lambda lines: [json.dumps({**json.loads(lines[0]), "version": 99})] + lines[1:], "schema version 99"),
+    (4, lambda lines: lines[1:], "first line must be a loopmeta.events header"),
+    (4, lambda lines: [], "empty file"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:-1]), "rows must be lists of 10 values"),
+    (4, lambda lines: _calls_line(lines, lambda row: [1.5] + row[1:]), "rows must hold ints"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:2] + [7] + row[3:]), "has phase 7, outside"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:4] + [0] + row[5:]), "has call_index 0, outside"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:3] + [999] + row[4:]), "has node 999, outside"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:9] + [7]), "error must be a string or null"),
+    (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "lane")], "lane id 1, expected 0"),
+    (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "node")], "node id 1, expected 0"),
+    (4, lambda lines: lines[:1] + [json.dumps({"kind": "call"})] + lines[1:], "expected kind node, lane"),
+    (3, lambda lines: lines[:1] + [json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "seq"})],
      "missing fields"),
-    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "phase": "warmup"})], "phase must be one of"),
-    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "call_index": 0})], "call_index"),
-    (lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "seq": True})], "seq must be"),
-    (lambda lines: [], "empty file"),
+    (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "phase": "warmup"})], "phase must be one of"),
+    (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "call_index": 0})], "call_index"),
+    (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "seq": True})], "seq must be"),
 ])
-def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, mutate, message):
+def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, version, mutate, message):
     path = tmp_path / "events.jsonl"
     with instrument(v1_model, "deepseek_ocr_v1", events=path, check_versions=False):
         v1_model.generate(**inputs, max_new_tokens=1)
-    read_events(path)  # the untouched file is valid
+    if version == 3:
+        as_version3(path)
+    assert read_events(path).header.version == version  # the untouched file is valid
     lines = path.read_text().splitlines()
     path.write_text("\n".join(mutate(lines)) + "\n")
     with pytest.raises(EventFileError, match=message):

@@ -124,7 +124,8 @@ def test_batch_of_two_samples_runs_per_sample_loop(v1_model):
 
 def test_event_file_streams_every_event(v1_sessions):
     s = v1_sessions["gundam_2x3"]
-    header, events, end = read_events(s["path"])
+    header, table, end = read_events(s["path"])
+    events = list(table.events())
     assert header.session == s["recorder"].session and header.config == "deepseek_ocr_v1"
     assert events == s["recorder"].events
     assert (end.events, end.steps, end.ended) == (len(events), s["new"], "returned")

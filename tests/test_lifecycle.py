@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loopmeta.errors import InstrumentationError, MergeError
-from loopmeta.events import EventWriter, SessionHeader, read_events
+from loopmeta.events import EventWriter, read_events
 from loopmeta.patches import Instrumentation, is_instrumented
 from loopmeta.patches.recorder import Recorder
 from loopmeta.pipeline import trace_session
@@ -59,7 +59,8 @@ def test_with_block_records_and_closes_the_file(v1_model, inputs, tmp_path):
         handle.remove()
     assert forwards(v1_model) == before and not is_instrumented(v1_model)
     assert len([e for e in rec.events if e.address == "lm_head"]) == len(seen) == 2
-    header, events, end = read_events(path)  # everything reached the file, which is closed and complete
+    header, table, end = read_events(path)  # everything reached the file, which is closed and complete
+    events = list(table.events())
     assert header.session == rec.session and events == rec.events
     assert (end.events, end.steps, end.ended) == (len(events), len(starts := [e for e in events if e.address == ""]),
                                                   "returned") and len(starts) == 2
@@ -101,22 +102,20 @@ def test_exception_inside_the_forward_restores_and_closes(v1_model, tmp_path):
         with Instrumentation(v1_model, "deepseek_ocr_v1", events=path, check_versions=False) as rec:
             v1_model(input_ids=torch.full((1, 4), 10**6))  # out of vocabulary: raises inside the forward
     assert forwards(v1_model) == before and not is_instrumented(v1_model)
-    _, events, end = read_events(path)
+    _, table, end = read_events(path)
+    events = list(table.events())
     assert {(e.address, e.error) for e in events} >= {("", "IndexError"), ("model", "IndexError")}
     assert events == rec.events and (end.ended, end.error) == ("raised", "IndexError")
 
 
 @pytest.fixture()
 def full_disk(monkeypatch):
-    """Every event line after the header fails as on a full disk."""
-    real_write = EventWriter.write
+    """Every write after the header fails as on a full disk."""
+    def full(self, *args):
+        raise OSError(28, "No space left on device")
 
-    def write(self, obj):
-        if not isinstance(obj, SessionHeader):
-            raise OSError(28, "No space left on device")
-        real_write(self, obj)
-
-    monkeypatch.setattr(EventWriter, "write", write)
+    monkeypatch.setattr(EventWriter, "write_calls", full)
+    monkeypatch.setattr(EventWriter, "write_end", full)
 
 
 def test_a_full_disk_never_breaks_the_forward(v1_model, inputs, tmp_path, full_disk):

@@ -1,0 +1,120 @@
+"""The recording path: the events file is written step by step (what a kill -9 can lose), version 3 is still read,
+lanes are interned exactly, and classes shared with unrecorded modules are left alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import as_version3
+from loopmeta.errors import EventFileError
+from loopmeta.events import read_events
+from loopmeta.events.table import lane_key
+from loopmeta.patches import instrument
+from stubs.deepseek_ocr_v1 import MODES
+
+
+class Toy(torch.nn.Module):
+    """`a` is recorded; `b` and `c` are Linear too, but no target names them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def toy_config(tmp_path: Path) -> Path:
+    (tmp_path / "toy.py").write_text("def step(call):\n    return {'phase': 'prefill'}\n")
+    (tmp_path / "toy.toml").write_text('name = "toy"\nroot_classes = ["Toy"]\nadapter = "toy"\n'
+                                       '[[targets]]\nrole = "step"\npattern = ""\nstep = true\non_enter = "step"\n'
+                                       '[[targets]]\nrole = "a"\npattern = "a"\n')
+    return tmp_path / "toy.toml"
+
+
+@pytest.fixture(scope="module")
+def inputs(v1_model):
+    kw = v1_model.prepare_infer_inputs(image_size=(1000, 800), **MODES["base"])
+    kw.pop("plan")
+    return kw
+
+
+def test_each_finished_step_is_in_the_file_before_the_next_starts(v1_model, inputs, tmp_path):
+    """Independent view: a pre-hook on the root reads the file as each step starts; forward hooks count the calls
+    of every recorded module that finished before it."""
+    path = tmp_path / "events.jsonl"
+    finished: Counter[str] = Counter()
+    seen_at_start = []
+    recorded = {"", "lm_head", "model.sam_model"}
+    hooks = [m.register_forward_hook(lambda mod, a, out, name=name: finished.update([name]))
+             for name, m in v1_model.named_modules() if name in recorded]
+
+    def at_step_start(module, args):
+        stream = read_events(path)
+        assert stream.end is None  # still running: the file is cut here
+        calls = Counter(e.address for e in stream.table.events())
+        seen_at_start.append({a: (calls[a], finished[a]) for a in recorded})
+
+    hooks.append(v1_model.register_forward_pre_hook(at_step_start))
+    try:
+        with instrument(v1_model, "deepseek_ocr_v1", events=path, check_versions=False), torch.no_grad():
+            v1_model.generate(**inputs, max_new_tokens=3)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen_at_start) == 3
+    for step, counts in enumerate(seen_at_start):
+        assert all(in_file == done for in_file, done in counts.values()), (step, counts)
+    assert [c[""][0] for c in seen_at_start] == [0, 1, 2]
+
+
+def test_a_line_cut_by_a_kill_ends_the_stream(v1_model, inputs, tmp_path):
+    path = tmp_path / "events.jsonl"
+    with instrument(v1_model, "deepseek_ocr_v1", events=path, check_versions=False), torch.no_grad():
+        v1_model.generate(**inputs, max_new_tokens=2)
+    whole = read_events(path)
+    lines = path.read_text().splitlines(keepends=True)
+    last_calls = max(i for i, line in enumerate(lines) if '"kind":"calls"' in line)
+    path.write_text("".join(lines[:last_calls]) + lines[last_calls][: len(lines[last_calls]) // 2])
+    cut = read_events(path)  # the half-written last line is what a kill leaves: the stream was cut there
+    assert cut.end is None and 0 < len(cut.table) < len(whole.table)
+    path.write_text("".join(lines[:last_calls]) + lines[last_calls][:20] + "\n" + "".join(lines[last_calls + 1:]))
+    with pytest.raises(EventFileError, match="not JSON"):  # a broken line inside the file is damage, not a cut
+        read_events(path)
+
+
+def test_version_3_files_are_still_read(v1_sessions, tmp_path):
+    s = v1_sessions["gundam_2x3"]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(Path(s["path"]).read_bytes())
+    assert read_events(path).header.version == 4
+    as_version3(path)
+    old = read_events(path)
+    assert old.header.version == 3 and '"kind":"call"' in path.read_text().splitlines()[1]
+    assert old.events == s["recorder"].events and old.end == s["recorder"].end
+
+
+def test_lanes_equal_as_json_share_an_id_and_only_those():
+    keys = [lane_key(lane) for lane in ({"a": 1}, {"a": True}, {"a": 1.0}, {"a": "1"}, {"a": [1]}, {"a": [True]},
+                                        {"a": {"b": 1}}, {"b": 1})]
+    assert len(set(keys)) == len(keys)
+    assert lane_key({"a": 1, "b": [2]}) == lane_key({"a": 1, "b": [2]})
+
+
+def test_a_class_shared_with_unrecorded_modules_is_left_alone(tmp_path):
+    model, x = Toy(), torch.ones(2, 4)
+    original = vars(torch.nn.Linear)["forward"]
+    calls = []
+    model.a.register_forward_pre_hook(lambda mod, args: calls.append(mod))
+    plain = model(x)
+    with instrument(model, toy_config(tmp_path)) as rec:
+        assert vars(torch.nn.Linear)["forward"] is original  # b, c and every other Linear pay nothing
+        assert "forward" in vars(model.a) and "forward" not in vars(model.b)
+        assert torch.equal(model(x), plain)
+        model(x)
+    assert "forward" not in vars(model.a) and vars(torch.nn.Linear)["forward"] is original
+    assert [e.address for e in rec.events].count("a") == len(calls) - 1 == 2

@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loopmeta", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="hub id or local path (default: built-in tiny DeepSeek-OCR 2, offline)")
     p.add_argument("--builtin", default="tiny",
-                   help="size of the built-in random-weight model: tiny, or quarter (quarter width, the real depths)")
+                   help="size of the built-in random-weight model: tiny, quarter (quarter width, the real depths) "
+                        "or full (the real shapes; for a GPU)")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1)")
     p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")

@@ -19,6 +19,10 @@ Sizes
     A quarter of the real widths with the REAL depths and MoE shape: SAM 192 wide / 12 layers (global at
     2, 5, 8, 11), encoder 224 wide / 24 layers, LM 320 wide / 12 layers (layer 0 dense, 11 MoE layers with
     64 experts, top-6, 2 shared), real LM vocab 129280. Reproduces the real loop bounds.
+``"full"``
+    The real widths and depths (SAM ViT-B 768 wide, encoder 896 wide with MLP 4864, LM 1280 wide with dense
+    MLP 6848 and experts 896 wide): the real model's shapes and cost with random weights, for GPU
+    benchmarks (build it with ``device="cuda"``; about 3.4 G parameters).
 
 The crop rule and token counts of the real processor: docs/models/deepseek-ocr2-transformers.md.
 """
@@ -48,7 +52,7 @@ _WORDS = (
 ).split()
 TOKENIZER_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(_WORDS)
 
-SIZES = ("tiny", "quarter")  # keys of _SHAPES
+SIZES = ("tiny", "quarter", "full")  # keys of _SHAPES
 DEFAULT_PROMPT = "<image>\nFree OCR."
 
 
@@ -83,6 +87,16 @@ _SHAPES = {
         encoder=dict(hidden_size=224, intermediate_size=1216, num_hidden_layers=24, num_attention_heads=14,
                      num_key_value_heads=2, vocab_size=16, max_position_embeddings=2048),
         text=dict(vocab_size=129280, hidden_size=320, intermediate_size=1712, moe_intermediate_size=224,
+                  num_hidden_layers=12, num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64,
+                  num_experts_per_tok=6, n_shared_experts=2, mlp_layer_types=["dense"] + ["sparse"] * 11,
+                  max_position_embeddings=8192)),
+    "full": dict(
+        sam=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11],
+                 window_size=14, output_channels=256, downsample_channels=[512, 896], image_size=1024,
+                 patch_size=16),
+        encoder=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                     num_key_value_heads=2, vocab_size=16, max_position_embeddings=2048),
+        text=dict(vocab_size=129280, hidden_size=1280, intermediate_size=6848, moe_intermediate_size=896,
                   num_hidden_layers=12, num_attention_heads=10, num_key_value_heads=10, n_routed_experts=64,
                   num_experts_per_tok=6, n_shared_experts=2, mlp_layer_types=["dense"] + ["sparse"] * 11,
                   max_position_embeddings=8192)),
@@ -126,10 +140,12 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     experts_implementation: str | None = None,
     attn_implementation: str = "sdpa",
+    device: str = "cpu",
 ):
     """A random-weight ``DeepseekOcr2ForConditionalGeneration`` in eval mode.
 
-    Weights are deterministic for a given ``seed`` (the global torch RNG is forked, not disturbed).
+    Weights are deterministic for a given ``seed`` (the global torch RNG is forked, not disturbed); ``device``
+    is where the parameters are created (``"cuda"`` builds the full size without a host copy).
     ``experts_implementation``: None keeps the vendor default (``"grouped_mm"``; on CPU with torch >= 2.10 it
     runs ``torch.nn.functional.grouped_mm`` natively), or ``"eager"`` (a Python loop over the experts hit),
     ``"batched_mm"``, ``"grouped_mm"``. It is applied with ``model.set_experts_implementation`` and can be
@@ -138,7 +154,9 @@ def build_model(
     from transformers.models.deepseek_ocr2 import DeepseekOcr2ForConditionalGeneration
 
     config = tiny_config(size, attn_implementation=attn_implementation)
-    with torch.random.fork_rng(devices=[]):
+    place = torch.device(device)
+    gpus = [place.index or 0] if place.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus), place:
         torch.manual_seed(seed)
         model = DeepseekOcr2ForConditionalGeneration(config)
     if dtype != torch.float32:

@@ -1,0 +1,135 @@
+"""What events-only recording costs on top of plain `generate`: a benchmark, not a test.
+
+Two sessions of the built-in random-weight DeepSeek-OCR 2, measured in one run:
+
+- decode-dominated: a 640x480 page (no crops, 270-token prompt), `generate` of `--decode-tokens` (256) tokens,
+  all generated (`min_new_tokens`);
+- prefill-dominated: a 1600x1200 page (6 crops, 1125-token prompt), `generate` of 8 tokens.
+
+Each session runs plain, with events in memory (`with instrument(model)`), and with the events file on (what
+`run_traced.py` does), interleaved (plain, memory, file, plain, ...) after one warm-up of each. The per-event cost is
+(variant - plain) / events on the fastest repetition of each; the ratio is of the medians. The outputs of every
+variant are checked identical to plain. Instrumenting and uninstrumenting are inside the timed block.
+
+    python bench/recording.py                                   # tiny, CPU, one torch thread
+    python bench/recording.py --size full --device cuda --dtype bfloat16 --reps 5   # on a GPU
+
+Targets (issue 9): at most 5 us per event in memory and 8 us with the file; the file variant at most 1.05x plain on
+the decode-dominated session (also on a GPU with the full-size model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+SESSIONS = {"decode": (640, 480), "prefill": (1600, 1200)}
+TARGETS = {"memory": 5.0, "file": 8.0}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: str, tmp: Path) -> dict[str, Any]:
+    from loopmeta.patches import instrument
+
+    events: dict[str, int] = {}
+
+    def generate() -> Any:
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        sync(device)
+        return out
+
+    def recorded(path: Path | None) -> Callable[[], Any]:
+        def run() -> Any:
+            with instrument(model, events=path) as recorder:
+                out = generate()
+            events["n"] = len(recorder.table)
+            return out
+        return run
+
+    variants = {"plain": generate, "memory": recorded(None), "file": recorded(tmp / "events.jsonl")}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    outputs = {}
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            outputs[name] = fn()  # warm-up
+        for _ in range(reps):
+            for name, fn in variants.items():
+                gc.collect()
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    same = all(torch.equal(outputs["plain"], outputs[k]) for k in ("memory", "file"))
+    size = (tmp / "events.jsonl").stat().st_size
+    return {"times": times, "events": events["n"], "same": same, "file_bytes": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="tiny", choices=["tiny", "quarter", "full"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--decode-tokens", type=int, default=256)
+    parser.add_argument("--prefill-tokens", type=int, default=8)
+    parser.add_argument("--sessions", nargs="+", default=list(SESSIONS), choices=list(SESSIONS))
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads > 0 and args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    import transformers
+    from rich.console import Console
+    from rich.table import Table
+
+    from loopmeta.builtin_models.deepseek_ocr2_tiny import build_model, build_processor, prepare_inputs
+    from loopmeta.sessions.pages import synthetic_page
+
+    console = Console(width=140)
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "none"
+    console.print(f"command: python {' '.join(sys.argv)}\ndate: {datetime.datetime.now().isoformat(timespec='minutes')}"
+                  f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, GPU {gpu}; python {platform.python_version()}"
+                  f", torch {torch.__version__}, transformers {transformers.__version__}; torch threads "
+                  f"{torch.get_num_threads()}", highlight=False)
+    dtype = getattr(torch, args.dtype)
+    model = build_model(args.size, dtype=dtype, device=args.device)
+    processor = build_processor()
+    table = Table(title=f"events-only recording vs plain generate ({args.size}, {args.device}, {args.dtype}; "
+                        f"{args.reps} interleaved reps; seconds)")
+    for col in ("session", "variant", "median", "min", "vs plain", "events", "us/event", "target", "file MB",
+                "same output"):
+        table.add_column(col, justify="left" if col in ("session", "variant") else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sessions:
+            inputs = prepare_inputs(processor, synthetic_page(*SESSIONS[name]), dtype=dtype).to(args.device)
+            tokens = args.decode_tokens if name == "decode" else args.prefill_tokens
+            r = bench_session(model, inputs, tokens, args.reps, args.device, Path(tmp))
+            plain_med, plain_min = statistics.median(r["times"]["plain"]), min(r["times"]["plain"])
+            label = f"{name} ({inputs['input_ids'].shape[1]}-token prompt, {tokens} new)"
+            for variant, ts in r["times"].items():
+                med, low = statistics.median(ts), min(ts)
+                per = (low - plain_min) / r["events"] * 1e6
+                target = TARGETS.get(variant)
+                verdict = "-" if target is None else f"{'met' if per <= target else 'missed'} ({target:g})"
+                table.add_row(label if variant == "plain" else "", variant, f"{med:.3f}", f"{low:.3f}",
+                              f"{med / plain_med:.3f}x", str(r["events"]), "-" if variant == "plain" else f"{per:.1f}",
+                              verdict, f"{r['file_bytes'] / 1e6:.2f}" if variant == "file" else "",
+                              "" if variant == "plain" else str(r["same"]))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import wrapt
 
 from .common.attributes import Swap
 from .errors import ConfigError
+from .events.table import EventTable
 from .merge.align import align
 from .probe.capture import capture
 from .probe.gemms import gemm_table
@@ -68,7 +69,7 @@ def _rebinds(config: ModelConfig, model: Any) -> list[tuple[object, str, object]
             for r in config.rebind]
 
 
-def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: list | None,
+def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: EventTable | list | None,
                   stage_of: dict[str, str | None] | None) -> dict[str, Any]:
     """Trace the probe; align it with the events when given (`stage_of`: instrumented address -> stage); its
     structural loop nest, the seed fields and the GEMM shapes per step and stage."""
@@ -112,7 +113,7 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
     first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
     with inst as recorder, (first or contextlib.nullcontext()):
         output = run()
-    report = session_report(recorder.events, inst.config, model_class=type(model).__name__, end=recorder.end,
+    report = session_report(recorder.table, inst.config, model_class=type(model).__name__, end=recorder.end,
                             container_sizes=recorder.header.container_sizes)
     if recorder.write_failed:
         report.notes.append(f"the events file is incomplete ({recorder.write_failed}); this report is built from "
@@ -122,7 +123,7 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         if probe is None:
             report.notes.append(f"no TorchLens probe: {why_not}")
     if probe is not None:
-        report.probe = probe_section(model, probe, inst.config, recorder.events,
+        report.probe = probe_section(model, probe, inst.config, recorder.table,
                                      {b.address: b.target.stage for b in inst.bindings})
     return report, output
 

@@ -133,7 +133,7 @@ def report_from_events(path: Path, config: str, allow_incomplete: bool) -> Any:
 
     if not path.is_file():
         raise SessionError(f"event file {path} not found: pass the events.jsonl a run wrote")
-    header, events, end = read_events(path)
+    header, table, end = read_events(path)
     if config == "auto":
         if header.config not in builtin_configs():
             raise ConfigError(f"{path} was recorded with config {header.config!r}, which is not built in: pass its "
@@ -144,7 +144,7 @@ def report_from_events(path: Path, config: str, allow_incomplete: bool) -> Any:
         raise ConfigError(f"config {chosen.name!r} (root classes {list(chosen.root_classes)}) does not match the "
                           f"stream, recorded with config {header.config!r} on a {header.model_class}: pass that "
                           "config, or leave --config out")
-    return session_report(events, chosen, model_class=header.model_class, end=end,
+    return session_report(table, chosen, model_class=header.model_class, end=end,
                           container_sizes=header.container_sizes, allow_incomplete=allow_incomplete)
 
 
@@ -207,7 +207,7 @@ def interrupted(events: Path | None) -> str:
         stream = read_events(events)
     except LoopmetaError:
         return f"interrupted; events kept in {events} (incomplete)"
-    steps = stream.end.steps if stream.end else len({e.step for e in stream.events})
+    steps = stream.end.steps if stream.end else len(set(stream.table.columns["step"]))
     return (f"interrupted at step {max(steps - 1, 0)}; events kept in {events} (incomplete: rebuild the finished steps "
             "with --from-events ... --allow-incomplete)")
 

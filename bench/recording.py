@@ -78,6 +78,44 @@ def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: s
     return {"times": times, "events": events["n"], "same": same, "file_bytes": size}
 
 
+def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -> dict[str, float]:
+    """The recorder's own cost per call (enter + extractors + exit), replayed outside the model on the real calls of
+    one decode step: what a call costs when the model's work does not share the CPU's caches with it."""
+    import timeit
+
+    from loopmeta.patches import instrument
+    from loopmeta.patches.recorder import Recorder
+
+    calls: list[tuple] = []
+    with instrument(model) as recorder, torch.inference_mode():
+        enter, exit_ = recorder.enter, recorder.exit
+        started: dict[int, tuple] = {}
+
+        def spy_enter(binding: Any, module: Any, forward: Any, args: tuple, kwargs: dict) -> Any:
+            call, token = enter(binding, module, forward, args, kwargs)
+            started[id(call)] = (binding, module, forward, args, kwargs)
+            return call, token
+
+        def spy_exit(call: Any, token: Any, result: Any, error: Any, on_exit: Any) -> None:
+            if call.step == step:
+                calls.append((*started[id(call)], result))
+            exit_(call, token, result, error, on_exit)
+
+        recorder.enter, recorder.exit = spy_enter, spy_exit
+        model.generate(**inputs, max_new_tokens=step + 1, min_new_tokens=step + 1, do_sample=False)
+    replay = Recorder(recorder.header, recorder.table.nodes)
+    replay.steps = step
+    per_role: dict[str, list[float]] = {}
+    for binding, module, forward, args, kwargs, result in calls:
+        def one() -> None:
+            call, token = replay.enter(binding, module, forward, args, kwargs)
+            replay.exit(call, token, result, None, binding.on_exit)
+        seconds = min(timeit.repeat(one, number=number, repeat=3)) / number
+        per_role.setdefault(binding.target.role, []).append(seconds * 1e6)
+    return {role: sum(v) / len(v) for role, v in per_role.items()} | {
+        "mean over the step's calls": sum(sum(v) for v in per_role.values()) / len(calls)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", choices=["tiny", "quarter", "full"])
@@ -129,6 +167,13 @@ def main() -> None:
                               verdict, f"{r['file_bytes'] / 1e6:.2f}" if variant == "file" else "",
                               "" if variant == "plain" else str(r["same"]))
     console.print(table)
+    inputs = prepare_inputs(processor, synthetic_page(*SESSIONS["decode"]), dtype=dtype).to(args.device)
+    alone = Table(title="the recorder alone: us per call, replayed on the calls of decode step 5 (no model work)")
+    alone.add_column("role")
+    alone.add_column("us/call", justify="right")
+    for role, us in recorder_alone(model, inputs).items():
+        alone.add_row(role, f"{us:.1f}")
+    console.print(alone)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import AlignmentError
 from ..events.schema import CallEvent
+from ..events.table import EventTable, as_table
 from .calltree import counts, from_trace
 
 
@@ -26,16 +27,20 @@ def _name(key: tuple[str, int] | None) -> str:
     return "none" if key is None else f"{key[0] or '<root>'}:{key[1]}"
 
 
-def align(events: list[CallEvent], tree: Any, instrumented: Iterable[str], step_address: str = "") -> dict[str, Any]:
-    """Check the events of the traced steps (one per call of `step_address`) against the trace; return a summary."""
+def align(events: EventTable | list[CallEvent], tree: Any, instrumented: Iterable[str],
+          step_address: str = "") -> dict[str, Any]:
+    """Check the events of the traced steps (one per call of `step_address`) against the trace; return a summary.
+    Only the calls of those steps are turned into `CallEvent`s."""
+    table = as_table(events)
     instrumented = set(instrumented)
     traced = counts(from_trace(tree))
     steps = traced.get(step_address, 0)
-    ran = len({e.step for e in events if e.address == step_address})
+    step_nodes = {i for i, n in enumerate(table.nodes) if n.address == step_address}
+    ran = len({table.columns["step"][r] for r in table.rows_where("node", step_nodes)})
     if steps > ran:
         raise AlignmentError(f"the TorchLens probe traced {steps} steps but the session ran {ran}: the probe must "
                              "repeat the session's first steps, not more")
-    window = [e for e in events if e.step < steps]
+    window = [table.event(r) for r, step in enumerate(table.columns["step"]) if step < steps]
     recorded = Counter(e.address for e in window)
     events_only = sorted(a for a in instrumented if recorded[a] and not traced.get(a) and a in tree.uncalled
                          and all(not e.outputs for e in window if e.address == a))

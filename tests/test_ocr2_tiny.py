@@ -193,3 +193,20 @@ def test_seeded_build_is_deterministic():
 def test_tokenizer_fits_tiny_vocab(processor):
     assert tiny.TOKENIZER_VOCAB_SIZE <= tiny.tiny_config("tiny").text_config.vocab_size
     assert processor.image_token_id == tiny.IMAGE_TOKEN_ID == tiny.tiny_config("tiny").image_token_id
+
+
+def test_the_full_size_has_the_vendor_shapes():
+    """The shapes of the real model (docs/models/deepseek-ocr2-transformers.md), built on the meta device."""
+    params = dict(tiny.build_model("full", device="meta", dtype=torch.bfloat16).named_parameters())
+    expected = {
+        "model.vision_tower.sam_encoder.patch_embed.projection.weight": (768, 3, 16, 16),  # SAM ViT-B, patch 16
+        "model.vision_tower.sam_encoder.layers.11.mlp.lin1.weight": (3072, 768),
+        "model.vision_tower.vision_encoder.layers.23.mlp.gate_proj.weight": (4864, 896),  # Qwen2-0.5B-like
+        "model.multi_modal_projector.weight": (1280, 896),
+        "model.language_model.layers.0.mlp.gate_proj.weight": (6848, 1280),  # the dense layer
+        "model.language_model.layers.11.mlp.experts.down_proj": (64, 1280, 896),  # 64 experts 896 wide
+        "model.language_model.layers.11.mlp.shared_experts.up_proj.weight": (1792, 1280),  # 2 shared experts
+        "lm_head.weight": (129280, 1280),
+    }
+    assert {name: tuple(params[name].shape) for name in expected} == expected
+    assert not any(name.startswith("model.language_model.layers.12.") for name in params)

@@ -37,6 +37,7 @@ def main() -> None:
     from rich.table import Table
 
     from loopmeta.builtin_models.deepseek_ocr2_tiny import build_model, build_processor, prepare_inputs
+    from loopmeta.model_configs.hf import generate_probe
     from loopmeta.patches import instrument
     from loopmeta.pipeline import trace_session
     from loopmeta.probe.capture import capture
@@ -53,14 +54,16 @@ def main() -> None:
         with instrument(model):
             return generate()
 
+    def traced(steps: int) -> Any:  # TorchLens over generate, called as the probe calls it (input_ids positional)
+        args, kwargs = generate_probe((), {**inputs, "max_new_tokens": n, "do_sample": False}, steps)
+        return capture(model.generate, args, {**kwargs, "min_new_tokens": steps}, model=model)
+
     variants: dict[str, Callable[[], Any]] = {
         "plain generate": generate,
         "pipeline (trace_session, probe auto)": lambda: trace_session(model, generate, probe="auto"),
         "  part: events-only session": events_only,
-        "  part: TorchLens probe (prefill + 1 decode step)": lambda: capture(model.generate, (), {
-            **inputs, "max_new_tokens": 2, "min_new_tokens": 2, "do_sample": False}, model=model),
-        f"TorchLens over the whole generate({n})": lambda: capture(model.generate, (), {
-            **inputs, "max_new_tokens": n, "min_new_tokens": n, "do_sample": False}, model=model),
+        "  part: TorchLens probe (prefill + 1 decode step)": lambda: traced(2),
+        f"TorchLens over the whole generate({n})": lambda: traced(n),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():

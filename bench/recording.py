@@ -138,10 +138,10 @@ def main() -> None:
 
     console = Console(width=140)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "none"
-    console.print(f"command: python {' '.join(sys.argv)}\ndate: {datetime.datetime.now().isoformat(timespec='minutes')}"
-                  f"\nmachine: {platform.machine()} {os.cpu_count()} CPUs, GPU {gpu}; python {platform.python_version()}"
-                  f", torch {torch.__version__}, transformers {transformers.__version__}; torch threads "
-                  f"{torch.get_num_threads()}", highlight=False)
+    now = datetime.datetime.now().isoformat(timespec="minutes")
+    console.print(f"command: python {' '.join(sys.argv)}\ndate: {now}\nmachine: {platform.machine()} {os.cpu_count()} "
+                  f"CPUs, GPU {gpu}; python {platform.python_version()}, torch {torch.__version__}, transformers "
+                  f"{transformers.__version__}; torch threads {torch.get_num_threads()}", highlight=False)
     dtype = getattr(torch, args.dtype)
     model = build_model(args.size, dtype=dtype, device=args.device)
     processor = build_processor()

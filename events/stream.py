@@ -64,14 +64,14 @@ class EventWriter:
                                               for i, n in enumerate(nodes)))
 
     def write_calls(self, table: EventTable, rows: list[tuple]) -> None:
-        lines = [_dumps({"kind": "lane", "id": i, "lane": table.lanes[i]})
-                 for i in range(self._lanes, len(table.lanes))]
+        lanes, tensors = len(table.lanes), len(table.tensors)  # read once: another thread may add more meanwhile
+        lines = [_dumps({"kind": "lane", "id": i, "lane": table.lanes[i]}) for i in range(self._lanes, lanes)]
         lines += [_dumps({"kind": "tensors", "id": i, "tensors": [[m.name, list(m.shape), m.dtype, m.device]
                                                                   for m in table.tensors[i]]})
-                  for i in range(self._tensors, len(table.tensors))]
+                  for i in range(self._tensors, tensors)]
         lines.append(_dumps({"kind": "calls", "rows": rows}))
         self._put("".join(lines))
-        self._lanes, self._tensors = len(table.lanes), len(table.tensors)
+        self._lanes, self._tensors = lanes, tensors
 
     def write_end(self, end: SessionEnd) -> None:
         self._put(dump_line(end) + "\n")
@@ -152,8 +152,11 @@ def read_events(path: str | Path) -> EventStream:
                     raise EventFileError(f"{where}: a line after the end record")
                 elif data.get("kind") == "end":
                     end = _end_from_dict(data, where)
+                    if end.session != header.session:
+                        raise EventFileError(f"{where}: end record of session {end.session!r}, header "
+                                             f"{header.session!r}: the file mixes two sessions")
                 else:
-                    body.add(data, where)
+                    body.add(data, where, line)
     except UnicodeDecodeError as exc:
         raise EventFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): not a loopmeta event "
                              "stream") from None
@@ -171,7 +174,7 @@ class _Version3:
     def __init__(self, header: SessionHeader):
         self.header, self.events = header, []
 
-    def add(self, data: dict[str, Any], where: str) -> None:
+    def add(self, data: dict[str, Any], where: str, line: str) -> None:
         self.events.append(v3.call_from_line(data, where, self.header))
 
     def finish(self) -> EventTable:
@@ -184,67 +187,78 @@ _NODE_KEYS = {"kind", "id", "address", "class_name", "role", "stage"}
 
 
 class _Version4:
-    """Definitions and batches of rows into an `EventTable`; rows are checked column by column at the end."""
+    """Definitions and batches of rows into an `EventTable`. Each calls line is checked when read: rows of ints
+    (no booleans), every id naming a definition read before it, every value in its range."""
 
     def __init__(self, header: SessionHeader):
         self.table = EventTable(header.session)
-        self.batches: list[tuple[int, str]] = []  # (first row, where) of each calls line
+        self.addresses: set[str] = set()
 
-    def add(self, data: dict[str, Any], where: str) -> None:
+    def add(self, data: dict[str, Any], where: str, line: str) -> None:
         kind, t = data.get("kind"), self.table
         if kind == "calls":
-            self._rows(data.get("rows"), where)
+            self._rows(data.get("rows"), where, "true" in line or "false" in line)
             return
         listing = {"node": t.nodes, "lane": t.lanes, "tensors": t.tensors}.get(kind)
         if listing is None:
             raise EventFileError(f"{where}: expected kind node, lane, tensors, calls or end, got {kind!r}")
         if data.get("id") != len(listing):
-            raise EventFileError(f"{where}: {kind} id {data.get('id')!r}, expected {len(listing)} (ids count up from 0)")
+            raise EventFileError(f"{where}: {kind} id {data.get('id')!r}, expected {len(listing)} (ids count up from "
+                                 "0)")
         try:
             listing.append(self._definition(kind, data))
         except (KeyError, TypeError, ValueError) as exc:
             raise EventFileError(f"{where}: bad {kind} record ({exc})") from None
 
-    @staticmethod
-    def _definition(kind: str, data: dict[str, Any]) -> Any:
+    def _definition(self, kind: str, data: dict[str, Any]) -> Any:
         if kind == "node":
             if set(data) != _NODE_KEYS or not all(isinstance(data[k], str) for k in ("address", "class_name", "role")):
                 raise ValueError(f"needs exactly {sorted(_NODE_KEYS)}, strings")
-            return NodeInfo(data["address"], data["class_name"], data["role"],
-                            None if data["stage"] is None else str(data["stage"]))
+            if data["address"] in self.addresses:
+                raise ValueError(f"a second node for {data['address'] or '<root>'}")
+            self.addresses.add(data["address"])
+            if data["stage"] is not None and not isinstance(data["stage"], str):
+                raise TypeError("stage must be a string or null")
+            return NodeInfo(data["address"], data["class_name"], data["role"], data["stage"])
         if kind == "lane":
             if not isinstance(data["lane"], dict):
                 raise TypeError("lane must be an object")
             return data["lane"]
-        return tuple(TensorMeta(str(name), tuple(int(d) for d in shape), str(dtype), str(device))
-                     for name, shape, dtype, device in data["tensors"])
+        out = []
+        for name, shape, dtype, device in data["tensors"]:
+            if not all(type(d) is int for d in shape):
+                raise TypeError(f"shape {shape!r} must hold ints")
+            out.append(TensorMeta(str(name), tuple(shape), str(dtype), str(device)))
+        return tuple(out)
 
-    def _rows(self, rows: Any, where: str) -> None:
+    def _rows(self, rows: Any, where: str, maybe_bools: bool) -> None:
         width = len(ROW) + 1
         if not isinstance(rows, list) or not all(type(r) is list and len(r) == width for r in rows):
             raise EventFileError(f"{where}: calls rows must be lists of {width} values ({', '.join(ROW)}, error)")
         errors = [r[-1] for r in rows if r[-1] is not None]
         if not all(isinstance(e, str) for e in errors):
             raise EventFileError(f"{where}: a row's error must be a string or null")
-        self.batches.append((len(self.table), where))
+        if maybe_bools and any(type(v) is bool for r in rows for v in r):
+            raise EventFileError(f"{where}: calls rows must hold ints, not true or false")
+        t, first = self.table, len(self.table)
         try:
-            self.table.extend(rows)
+            t.extend(rows)
         except (TypeError, OverflowError) as exc:
             raise EventFileError(f"{where}: calls rows must hold ints ({exc})") from None
-
-    def finish(self) -> EventTable:
-        t = self.table
         limits = {"seq": (0, None), "step": (0, None), "phase": (0, len(PHASES)), "node": (0, len(t.nodes)),
                   "call_index": (1, None), "parent": (NO_PARENT, None), "lane": (0, len(t.lanes)),
                   "inputs": (0, len(t.tensors)), "outputs": (0, len(t.tensors))}
         for name, (low, high) in limits.items():
-            column = t.columns[name]
-            if column and (min(column) < low or (high is not None and max(column) >= high)):
-                row = next(i for i, v in enumerate(column) if v < low or (high is not None and v >= high))
-                first, where = next((f, w) for f, w in reversed(self.batches) if f <= row)
+            values = t.columns[name][first:]
+            if values and (min(values) < low or (high is not None and max(values) >= high)):
+                row = next(i for i, v in enumerate(values) if v < low or (high is not None and v >= high))
                 bound = "" if high is None else high - 1
-                raise EventFileError(f"{where}: row {row - first} has {name} {column[row]}, outside [{low}, {bound}]")
-        return t
+                raise EventFileError(f"{where}: row {row} has {name} {values[row]}, outside [{low}, {bound}]"
+                                     + (f": no {name} record before it" if high is not None and values[row] >= high
+                                        else ""))
+
+    def finish(self) -> EventTable:
+        return self.table
 
 
 def _parses(line: str) -> bool:

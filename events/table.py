@@ -66,7 +66,7 @@ class EventTable:
         self.lost_parents: dict[int, tuple[str, int]] = {}  # row -> the (address, call) a version-3 event names
         self.columns: dict[str, array] = {name: array("q") for name in ROW}
         self._lane_ids: dict[Any, int] = {}
-        self._seq_rows: array | None = None
+        self._seq_rows: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.columns["seq"])
@@ -141,15 +141,8 @@ class EventTable:
     def row_of_seq(self, seq: int) -> int:
         """The row of the call that started `seq`-th (raises KeyError when no call has that seq)."""
         if self._seq_rows is None:
-            seqs = self.columns["seq"]
-            rows = array("q", [-1]) * (max(seqs, default=-1) + 1)
-            for row, s in enumerate(seqs):
-                rows[s] = row
-            self._seq_rows = rows
-        row = self._seq_rows[seq] if 0 <= seq < len(self._seq_rows) else -1
-        if row < 0:
-            raise KeyError(seq)
-        return row
+            self._seq_rows = {s: row for row, s in enumerate(self.columns["seq"])}
+        return self._seq_rows[seq]
 
     def event(self, row: int) -> CallEvent:
         """The `CallEvent` of one row (its lane a fresh copy)."""

@@ -61,6 +61,8 @@ def _event_from_dict(data: dict[str, Any]) -> CallEvent:
         if not (isinstance(parent, list) and len(parent) == 2 and type(parent[1]) is int):
             raise ValueError(f"parent must be null or [address, call_index], got {parent!r}")
         parent = (str(parent[0]), parent[1])
+    if data["stage"] is not None and not isinstance(data["stage"], str):
+        raise ValueError(f"stage must be a string or null, got {data['stage']!r}")
     return CallEvent(
         session=str(data["session"]), seq=data["seq"], step=data["step"], phase=data["phase"],
         address=str(data["address"]), class_name=str(data["class_name"]), call_index=data["call_index"],

@@ -68,17 +68,21 @@ class _TableTree:
 
     def _rows_by_seq(self, seqs: Any) -> array:
         n = len(seqs)
-        rows = array("q", [-1]) * max(n, max(seqs, default=-1) + 1)
+        if max(seqs, default=-1) >= n:  # some seq is missing: name the first (without an array as long as the seq)
+            present = bytearray(n)
+            for s in seqs:
+                if s < n:
+                    present[s] = 1
+            missing = present.index(0)
+            later = min(s for s in seqs if s > missing)
+            raise MergeError(f"event seq {missing} is missing (next is {self._name_of(list(seqs).index(later))} with "
+                             f"seq {later}): the stream lost a call")
+        rows = array("q", [-1]) * n
         for row, s in enumerate(seqs):
             if rows[s] != -1:
                 raise MergeError(f"event seq {s} ({self._name_of(row)}) appears twice: the stream holds a duplicated "
                                  "line")
             rows[s] = row
-        if len(rows) > n:
-            missing = rows.index(-1)
-            later = next(s for s in range(missing, len(rows)) if rows[s] != -1)
-            raise MergeError(f"event seq {missing} is missing (next is {self._name_of(rows[later])} with seq {later}): "
-                             "the stream lost a call")
         return rows
 
     def _name_of(self, row: int) -> str:

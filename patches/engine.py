@@ -23,6 +23,7 @@ from typing import Any, Callable
 import wrapt
 
 from ..common.attributes import Swap
+from ..errors import InstrumentationError
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,22 @@ def _bind_one(b: Binding, recorder: Any) -> None:
         own = b.module.forward  # the class's forward, bound to this instance
     _BOUND[id(b.module)] = (b, recorder)
     if own is not None:
-        _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", wrapt.FunctionWrapper(own, _on(b.module)))
+        _INSTANCE_SWAPS[id(b.module)] = Swap.apply(b.module, "forward", _InstanceForward(own, _on(b.module)))
+
+
+class _InstanceForward(wrapt.FunctionWrapper):
+    """A wrapped instance-level `forward`: bound to one module, so it refuses to be copied with it (a copy would
+    call the original module)."""
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise InstrumentationError(_NO_COPY)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise InstrumentationError(_NO_COPY)
+
+
+_NO_COPY = ("an instrumented module cannot be copied or pickled while its session is live: copy the model before "
+            "instrumenting it, or after the session")
 
 
 def _on(module: Any) -> Callable[..., Any]:

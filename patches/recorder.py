@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import json
 import threading
 import warnings
 from pathlib import Path
@@ -27,8 +28,9 @@ from ..events.stream import EventWriter
 from ..events.table import NO_PARENT, EventTable, NodeInfo, lane_key
 
 FLUSH_ROWS = 4096
-"""Calls kept pending at most: they move to the table (and the events file) when a step starts and when it ends, at
-this count and at the end, so a kill -9 loses at most the calls of the step in progress (fewer than FLUSH_ROWS)."""
+"""Calls kept pending at most: they move to the table (and the events file) when a step starts, when a call outside
+any other (a step) ends, at this count and at the end, so a kill -9 loses at most calls still running and the
+finished calls inside them (fewer than FLUSH_ROWS)."""
 _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
 
 
@@ -68,8 +70,9 @@ def _positions(fn: Callable[..., Any]) -> dict[str, int]:
 
 class Call:
     """One running call, handed to extractors: `lane` is filled by `on_enter`, then by `on_exit`; `children` are the
-    calls it made so far (finished, with their lanes); `inputs` are read when the call starts, before the forward
-    can change them. A finished call drops its arguments, so it never keeps a tensor alive."""
+    finished calls it made so far (their `address`, `index`, `role`, `stage`, `lane`); `inputs` are the
+    (name, shape, dtype, device) of its tensor arguments, read when it started, before the forward could change them.
+    A finished call drops its arguments, module and children, so it never keeps a tensor or a subtree alive."""
 
     __slots__ = ("address", "index", "seq", "step", "phase", "role", "stage", "module", "forward", "args", "kwargs",
                  "parent", "state", "lane", "children", "inputs", "node", "is_step")
@@ -103,7 +106,7 @@ class Recorder:
     """Collects the calls of one session in an `EventTable` and, when `events_path` is given, in the events file.
 
     Per call it reads shapes and runs the extractors; rows wait in a short pending list that moves to the table (and
-    the file) when a step starts or ends, every `FLUSH_ROWS` calls and at the end."""
+    the file) as `FLUSH_ROWS` says."""
 
     def __init__(self, header: SessionHeader, nodes: list[NodeInfo], events_path: str | Path | None = None,
                  options: dict[str, Any] | None = None):
@@ -179,16 +182,16 @@ class Recorder:
         if error is None and on_exit is not None:
             self._extract(call, on_exit, result)
         parent = call.parent
+        outputs = tensor_key(tensor_leaves(result)) if error is None else ()
         row = (call.seq, call.step, _PHASE_CODES[call.phase], call.node, call.index,
-               NO_PARENT if parent is None else parent.seq, self._lane_id(call),
-               self._tensors_id(call.inputs), self._tensors_id(tensor_key(tensor_leaves(result)) if error is None else ()),
-               None if error is None else type(error).__name__)
-        call.args, call.kwargs, call.inputs = (), {}, ()
+               NO_PARENT if parent is None else parent.seq, self._lane_id(call), self._tensors_id(call.inputs),
+               self._tensors_id(outputs), None if error is None else type(error).__name__)
+        call.args, call.kwargs, call.children, call.module, call.forward = (), {}, [], None, None
         if parent is not None:
             parent.children.append(call)
         pending = self._pending
         pending.append(row)  # atomic; `flush` takes a prefix of the list under its lock
-        if call.is_step or len(pending) >= FLUSH_ROWS:
+        if parent is None or len(pending) >= FLUSH_ROWS:  # a step, or a call outside any: written as it ends
             self.flush()
 
     def _lane_id(self, call: Call) -> int:
@@ -202,17 +205,19 @@ class Recorder:
             key, found = None, None
         if found is not None:
             return found
-        bad = sorted(k for k, v in lane.items() if type(k) is not str or not json_safe(v))
+        bad = sorted((k for k, v in lane.items() if type(k) is not str or not json_safe(v)), key=repr)
         if bad:
             call.lane = lane = {k: v for k, v in lane.items() if k not in bad}
             lane[lanes.EXTRACT_ERROR] = (f"{call.address}:{call.index}: the lane is not a dict of plain JSON values "
                                          f"(str, int, float, bool, None, lists, str-keyed dicts): {bad} hold "
                                          "other objects")
-            return self._table.add_lane(lane)
+            key = lane_key(lane)
+        # kept as a copy: an extractor may change or reuse what it returned, the table's lanes never change
+        stored = dict(lane) if type(key) is tuple else json.loads(json.dumps(lane))
         with self._lock:
             found = self._lane_ids.setdefault(key, len(self._table.lanes))
             if found == len(self._table.lanes):
-                self._table.lanes.append(lane)
+                self._table.lanes.append(stored)
         return found
 
     def _tensors_id(self, key: tuple) -> int:
@@ -220,10 +225,11 @@ class Recorder:
         if found is None:
             metas = tuple(TensorMeta(name, tuple(shape), str(dtype).removeprefix("torch."), str(device))
                           for name, shape, dtype, device in key)
-            tensors = self._table.tensors
-            found = self._tensor_ids.setdefault(key, len(tensors))
-            if found == len(tensors):
-                tensors.append(metas)
+            with self._lock:
+                tensors = self._table.tensors
+                found = self._tensor_ids.setdefault(key, len(tensors))
+                if found == len(tensors):
+                    tensors.append(metas)
         return found
 
     def flush(self) -> None:
@@ -245,7 +251,7 @@ class Recorder:
                 self._writer.write_end(record)
             else:
                 self._writer.write_calls(self._table, record)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
             self.write_failed = f"writing {self._writer.path} failed: {exc}"
             warnings.warn(f"loopmeta: {self.write_failed}; the file is incomplete, every event is kept in memory",
                           RuntimeWarning, stacklevel=2)

@@ -167,6 +167,14 @@ def _calls_line(lines: list[str], edit: Any) -> list[str]:
     return lines[:at] + [json.dumps(data)] + lines[at + 1:]
 
 
+def _later(lines: list[str], kind: str) -> list[str]:
+    """The definitions of `kind` before the first calls line moved after it."""
+    calls = _first(lines, "calls")
+    early = [line for line in lines[:calls] if json.loads(line)["kind"] == kind]
+    rest = [line for line in lines[:calls] if json.loads(line)["kind"] != kind]
+    return rest + [lines[calls]] + early + lines[calls + 1:]
+
+
 def _first(lines: list[str], kind: str) -> int:
     return next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == kind)
 
@@ -185,6 +193,14 @@ def _first(lines: list[str], kind: str) -> int:
     (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "lane")], "lane id 1, expected 0"),
     (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "node")], "node id 1, expected 0"),
     (4, lambda lines: lines[:1] + [json.dumps({"kind": "call"})] + lines[1:], "expected kind node, lane"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:6] + [True] + row[7:]), "not true or false"),
+    (4, lambda lines: _later(lines, "lane"), "has lane 0, outside .*: no lane record before it"),
+    (4, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[1]), "id": len(lines)})] + lines[2:],
+     "node id"),
+    (4, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[2]), "id": 1, "address": json.loads(lines[1])[
+        "address"]})] + lines[3:], "a second node for"),
+    (4, lambda lines: lines[:-1] + [json.dumps({**json.loads(lines[-1]), "session": "other"})], "mixes two sessions"),
+    (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "stage": ["x"]})], "stage must be"),
     (3, lambda lines: lines[:1] + [json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "seq"})],
      "missing fields"),
     (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "phase": "warmup"})], "phase must be one of"),

@@ -118,3 +118,43 @@ def test_a_class_shared_with_unrecorded_modules_is_left_alone(tmp_path):
         model(x)
     assert "forward" not in vars(model.a) and vars(torch.nn.Linear)["forward"] is original
     assert [e.address for e in rec.events].count("a") == len(calls) - 1 == 2
+
+
+def test_a_lane_is_kept_as_returned_even_if_the_extractor_changes_it_later(tmp_path):
+    (tmp_path / "toy.py").write_text("SEEN = []\n\n\ndef step(call):\n    SEEN.append(len(SEEN))\n"
+                                     "    return {'phase': 'prefill', 'seen': SEEN}\n")
+    (tmp_path / "toy.toml").write_text('name = "toy"\nroot_classes = ["Toy"]\nadapter = "toy"\n'
+                                       '[[targets]]\nrole = "step"\npattern = ""\nstep = true\non_enter = "step"\n')
+    model = Toy()
+    with instrument(model, tmp_path / "toy.toml", events=tmp_path / "e.jsonl") as rec:
+        for _ in range(3):
+            model(torch.ones(1, 4))
+    assert [e.lane["seen"] for e in rec.events] == [[0], [0, 1], [0, 1, 2]]
+    assert [e.lane["seen"] for e in read_events(tmp_path / "e.jsonl").events] == [[0], [0, 1], [0, 1, 2]]
+
+
+def test_an_instrumented_module_refuses_to_be_copied_during_its_session(tmp_path):
+    import copy
+
+    from loopmeta.errors import InstrumentationError
+
+    model = Toy()
+    with instrument(model, toy_config(tmp_path)):
+        with pytest.raises(InstrumentationError, match="copy the model before instrumenting it"):
+            copy.deepcopy(model)
+    assert torch.equal(copy.deepcopy(model)(torch.ones(1, 4)), model(torch.ones(1, 4)))
+
+
+def test_a_seq_far_beyond_the_stream_is_a_missing_call_not_a_huge_allocation(v1_sessions):
+    from loopmeta.errors import MergeError
+    from loopmeta.events.table import EventTable
+    from loopmeta.model_configs import load_config
+    from loopmeta.report.build import session_report
+
+    s = v1_sessions["base"]
+    table = EventTable.from_events(s["recorder"].events)
+    last = max(range(len(table)), key=table.columns["seq"].__getitem__)
+    table.columns["seq"][last] = 2**40
+    with pytest.raises(MergeError, match=r"event seq \d+ is missing \(next is .* with seq 1099511627776\)"):
+        session_report(table, load_config("deepseek_ocr_v1"), model_class="m", end=s["recorder"].end,
+                       container_sizes=s["recorder"].header.container_sizes)

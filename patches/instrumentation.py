@@ -2,7 +2,7 @@
 
     with Instrumentation(model, "deepseek_ocr2_hf", events="events.jsonl") as recorder:
         model.generate(**inputs, max_new_tokens=8)
-    recorder.events  # one CallEvent per call of an instrumented module
+    recorder.table  # one row per call of an instrumented module (`recorder.events`: as CallEvents)
 
 Invariants (after OpenTelemetry's instrumentors):
 - construction has no side effects: nothing is resolved, opened or patched until `instrument()` (or entering);

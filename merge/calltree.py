@@ -2,7 +2,8 @@
 
 Each `Node` is one module call; `children` are the calls it made, in execution order. Built from events, the tree
 holds the instrumented calls only (a call's parent is the innermost instrumented call around it); built from a
-TorchLens trace, every module call. `counts` is the one place calls are counted per address.
+TorchLens trace, every module call. Calls per address are counted in two places only: `counts` over a tree and
+`table_counts` from a table's columns (the observed truth the loop nest must expand to).
 """
 
 from __future__ import annotations
@@ -34,10 +35,6 @@ class Node:
     @property
     def children(self) -> list[Node]:
         return self._tree.children(self._seq) if self._tree is not None else self._children
-
-    @children.setter
-    def children(self, value: list[Node]) -> None:
-        self._children, self._tree = value, None
 
     def walk(self) -> Iterator[Node]:
         yield self

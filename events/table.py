@@ -72,8 +72,12 @@ class EventTable:
         return len(self.columns["seq"])
 
     # --- building ---------------------------------------------------------------------------------------------
+    def lane_id(self, lane: dict[str, Any]) -> int | None:
+        """The id of a lane equal to `lane` as JSON, or None when there is none yet."""
+        return self._lane_ids.get(lane_key(lane))
+
     def add_lane(self, lane: dict[str, Any]) -> int:
-        """The id of `lane`, added when new."""
+        """The id of `lane`, added (as it is, never changed afterwards) when new."""
         key = lane_key(lane)
         found = self._lane_ids.get(key)
         if found is None:

@@ -59,10 +59,6 @@ class _TableTree:
         self.end = self._check(c["parent"])
         self._lanes: dict[tuple[int, int, int], dict[str, Any]] = {}
 
-    def _label(self, seq: int) -> str:
-        row = self.rows[seq]
-        return _name(self.table.nodes[self.node[row]].address, self.index[row])
-
     def _rows_by_seq(self, seqs: Any) -> array:
         n = len(seqs)
         if max(seqs, default=-1) >= n:  # some seq is missing: name the first (without an array as long as the seq)
@@ -83,7 +79,7 @@ class _TableTree:
         return rows
 
     def _name_of(self, row: int) -> str:
-        return _name(self.table.nodes[self.table.columns["node"][row]].address, self.table.columns["call_index"][row])
+        return _name(self.table.nodes[self.node[row]].address, self.index[row])
 
     def _check(self, parents: Any) -> array:
         """Call indices 1..n per node in start order, every parent open when its child starts; the subtree ends."""
@@ -110,7 +106,7 @@ class _TableTree:
 
     def _parent_name(self, seq: int, row: int) -> str:
         if 0 <= seq < len(self.rows):
-            return self._label(seq)
+            return self._name_of(self.rows[seq])
         lost = self.table.lost_parents.get(row)
         return _name(*lost) if lost else f"seq {seq}"
 

@@ -25,7 +25,7 @@ from ..common.tensors import call_leaves, tensor_leaves
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
-from ..events.table import NO_PARENT, EventTable, NodeInfo, lane_key
+from ..events.table import NO_PARENT, EventTable, NodeInfo
 
 FLUSH_ROWS = 4096
 """Calls kept pending at most: they move to the table (and the events file) when a step starts, when a call outside
@@ -75,7 +75,7 @@ class Call:
     A finished call drops its arguments, module and children, so it never keeps a tensor or a subtree alive."""
 
     __slots__ = ("address", "index", "seq", "step", "phase", "role", "stage", "module", "forward", "args", "kwargs",
-                 "parent", "state", "lane", "children", "inputs", "node", "is_step")
+                 "parent", "state", "lane", "children", "inputs", "node")
 
     def __init__(self, address: str, index: int, seq: int, step: int, phase: str, role: str, stage: str | None,
                  module: Any, forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None,
@@ -84,7 +84,6 @@ class Call:
         self.role, self.stage, self.module, self.forward, self.args, self.kwargs = role, stage, module, forward, args, \
             kwargs
         self.parent, self.state, self.inputs, self.node = parent, state, inputs, node
-        self.is_step = False
         self.lane: dict[str, Any] = {}
         self.children: list[Call] = []
 
@@ -125,7 +124,6 @@ class Recorder:
         self._phase = lanes.PREFILL
         self._pending: list[tuple] = []
         self._tensor_ids: dict[tuple, int] = {}
-        self._lane_ids: dict[Any, int] = {}
         self._lock = threading.Lock()
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
@@ -173,7 +171,6 @@ class Recorder:
                                      f"{call.address}:{call.index}: the step extractor gave phase {phase!r}")
                 phase = lanes.PREFILL if step == 0 else lanes.DECODE
             self._phase = call.phase = phase
-            call.is_step = True
         return call, self._stack.set(call)
 
     def exit(self, call: Call, token: contextvars.Token, result: Any, error: BaseException | None,
@@ -195,30 +192,24 @@ class Recorder:
             self.flush()
 
     def _lane_id(self, call: Call) -> int:
-        """The interned id of the call's lane; a lane seen for the first time is checked to be plain JSON, and one
-        that is not loses the offending values and gets `extract_error`."""
+        """The table's id of the call's lane; a lane seen for the first time is checked to be plain JSON (one that is
+        not loses the offending values and gets `extract_error`) and stored as a copy: an extractor may change or
+        reuse what it returned, the table's lanes never change."""
         lane = call.lane
         try:
-            key = lane_key(lane)
-            found = self._lane_ids.get(key)
+            found = self._table.lane_id(lane)
         except TypeError:  # an unhashable value (a set, an array): not plain JSON
-            key, found = None, None
+            found = None
         if found is not None:
             return found
         bad = sorted((k for k, v in lane.items() if type(k) is not str or not json_safe(v)), key=repr)
         if bad:
-            call.lane = lane = {k: v for k, v in lane.items() if k not in bad}
+            lane = {k: v for k, v in lane.items() if k not in bad}
             lane[lanes.EXTRACT_ERROR] = (f"{call.address}:{call.index}: the lane is not a dict of plain JSON values "
                                          f"(str, int, float, bool, None, lists, str-keyed dicts): {bad} hold "
                                          "other objects")
-            key = lane_key(lane)
-        # kept as a copy: an extractor may change or reuse what it returned, the table's lanes never change
-        stored = dict(lane) if type(key) is tuple else json.loads(json.dumps(lane))
         with self._lock:
-            found = self._lane_ids.setdefault(key, len(self._table.lanes))
-            if found == len(self._table.lanes):
-                self._table.lanes.append(stored)
-        return found
+            return self._table.add_lane(json.loads(json.dumps(lane)))
 
     def _tensors_id(self, key: tuple) -> int:
         found = self._tensor_ids.get(key)

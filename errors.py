@@ -44,3 +44,11 @@ class ExactnessError(LoopmetaError):
 
 class ReportFileError(LoopmetaError):
     """A report file cannot be written, or is not a loopmeta report of the version this loopmeta reads."""
+
+
+class ExtrapolationError(LoopmetaError):
+    """The work of the unprobed steps cannot be derived from the probed ones (names the op and both shapes)."""
+
+
+class HardwareError(LoopmetaError):
+    """A hardware entry is unknown or its TOML is malformed (names the file and the field)."""

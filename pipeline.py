@@ -26,8 +26,10 @@ from .model_configs.config import ModelConfig
 from .patches.instrumentation import Instrumentation, choose_config
 from .report.build import session_report, structural_report
 from .report.schema import Report
+from .work.section import work_from_probe
 
-PROBE_STEPS = 2  # prefill + one decode step
+PROBE_STEPS = 4  # prefill + three decode steps: two whole ones show how a step's shapes grow, and the last one how
+# a session's last step stops (work/steps.py)
 
 
 @dataclass
@@ -70,9 +72,9 @@ def _rebinds(config: ModelConfig, model: Any) -> list[tuple[object, str, object]
 
 
 def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: EventTable | list | None,
-                  stage_of: dict[str, str | None] | None) -> dict[str, Any]:
+                  stage_of: dict[str, str | None] | None) -> tuple[dict[str, Any], Any]:
     """Trace the probe; align it with the events when given (`stage_of`: instrumented address -> stage); its
-    structural loop nest, the seed fields and the GEMM shapes per step and stage."""
+    structural loop nest, the seed fields and the GEMM shapes per step and stage; and the trace itself."""
     tree = capture(probe.fn, probe.args, probe.kwargs, model=model, rebind=_rebinds(config, model) if config else ())
     section: dict[str, Any] = {}
     step = config.step_target.pattern if config and config.step_target else ""
@@ -81,7 +83,7 @@ def probe_section(model: Any, probe: Probe, config: ModelConfig | None, events: 
     structural = structural_report(tree, model)
     section.update({"loops": structural.loops, "counts": structural.counts, "seed": seed_fields(tree),
                     "gemms": gemm_table(tree, model, stage_of or {}, step)})
-    return section
+    return section, tree
 
 
 def _auto_probe(config: ModelConfig, first: FirstCall, model: Any, steps: int) -> tuple[Probe | None, str]:
@@ -123,8 +125,11 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
         if probe is None:
             report.notes.append(f"no TorchLens probe: {why_not}")
     if probe is not None:
-        report.probe = probe_section(model, probe, inst.config, recorder.table,
-                                     {b.address: b.target.stage for b in inst.bindings})
+        stage_of = {b.address: b.target.stage for b in inst.bindings}
+        report.probe, tree = probe_section(model, probe, inst.config, recorder.table, stage_of)
+        step = inst.config.step_target.pattern if inst.config.step_target else ""
+        report.work = work_from_probe(tree, stage_of, step, {s["step"]: s["phase"] for s in report.steps},
+                                      report.moe)
     return report, output
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..common.attributes import swapped
 from ..common.tensors import shapes
 from ..errors import CaptureError
+from .ops import TracedOp, traced_ops
 
 CallKey = tuple[str, int]
 
@@ -55,6 +56,7 @@ class CallTree:
     uncalled: tuple[str, ...]  # module addresses with no call in the trace (named_modules() order)
     method: str | None = None  # the traced bound method ("generate"), None when a module was traced
     num_ops: int = 0  # trace.num_ops = the sum of the calls' num_ops
+    ops: tuple[TracedOp, ...] = ()  # every op in execution order (probe/ops.py)
 
     def walk(self) -> Iterator[TracedCall]:
         """All calls in execution order (pre-order from the root through `children`)."""
@@ -246,7 +248,8 @@ def _convert(trace: Any, names: _Addresses, root_shapes: list[tuple[int, ...]]) 
         class_names[names.root] = calls[root].class_name
     return CallTree(root=root, calls=calls, static_children={a: tuple(c) for a, c in static_children.items()},
                     class_names=class_names, uncalled=tuple(a for a in names.class_names if a not in called),
-                    method=names.method, num_ops=trace.num_ops)
+                    method=names.method, num_ops=trace.num_ops,
+                    ops=traced_ops(trace, names.address, names.label, root))
 
 
 def _check_links(calls: dict[CallKey, TracedCall], root: CallKey) -> None:

@@ -17,7 +17,8 @@ from ..errors import ReportFileError
 from ..merge.loops import Loop, Variant, check_exact
 
 REPORT_SCHEMA = "loopmeta.report"
-REPORT_VERSION = 2
+REPORT_VERSION = 3  # 3: the work section (docs/report-format.md#work)
+READABLE_VERSIONS = (2, 3)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Report:
     stage_view: list[dict[str, Any]] = field(default_factory=list)  # per group of steps: stage -> loop nest
     moe: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
+    work: dict[str, Any] | None = None  # FLOPs and bytes per step and stage (work/section.py), from the probe
     notes: list[str] = field(default_factory=list)
     incomplete: str | None = None  # "incomplete: ended after step N (why)" when the session did not end normally
     reads_values: list[str] = field(default_factory=list)  # the tensor values the config's extractors read
@@ -58,8 +60,10 @@ def read_report(path: str | Path) -> Report:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ReportFileError(f"cannot read report {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA or data.get("version") != REPORT_VERSION:
-        raise ReportFileError(f"{path}: not a {REPORT_SCHEMA} v{REPORT_VERSION} document")
+    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA or \
+            data.get("version") not in READABLE_VERSIONS:
+        raise ReportFileError(f"{path}: not a {REPORT_SCHEMA} document of version "
+                              f"{' or '.join(map(str, READABLE_VERSIONS))}")
     fields = {f.name for f in dataclasses.fields(Report)}
     try:
         report = Report(**{k: v for k, v in data.items() if k in fields})

@@ -20,7 +20,8 @@ import loopmeta
 from loopmeta import errors
 
 ROOT = Path(loopmeta.__file__).resolve().parent
-ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "writers", "pipeline.py", "errors.py"]
+ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "work", "exports", "writers", "pipeline.py",
+          "errors.py"]
 
 
 def modules() -> dict[str, Path]:
@@ -92,8 +93,9 @@ def test_no_import_cycles():
 LAYERS = {
     "errors": set(), "common": set(), "events": set(), "sessions": set(), "model_configs": {"events", "sessions"},
     "builtin_models": {"sessions"}, "patches": {"model_configs", "events"}, "probe": {"merge"},
-    "merge": {"events"}, "report": {"merge", "model_configs", "events"}, "writers": {"report", "merge", "events"},
-    "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events"},
+    "merge": {"events"}, "report": {"merge", "model_configs", "events"}, "work": {"probe", "events"},
+    "exports": {"work", "report"}, "writers": {"report", "merge", "events", "work", "exports"},
+    "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events", "work"},
 }
 
 

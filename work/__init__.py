@@ -1,0 +1,1 @@
+"""Work per op, step and stage from the TorchLens probe and the session's steps, and roofline bounds."""

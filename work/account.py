@@ -1,0 +1,156 @@
+"""Work per step and stage for a whole session: the probed steps as traced, later decode steps from the template.
+
+Weights are counted once per module call (a parameter read twice in one call is read once); a whole stacked-experts
+parameter (leading dimension = the MoE block's expert count) is scaled to the experts the ledger says were hit in that
+block and step. KV-cache bytes are those of the attention ops of cached nodes: nodes whose attention, in a probed
+decode step, has more keys than queries. Such an op reads its keys and values (the cache) and writes the new
+entries, a fraction queries/keys of them. Conventions: docs/analytic.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..errors import ExtrapolationError
+from ..events.lanes import EXPERTS_TOTAL
+from .formulas import OpWork, op_work
+from .steps import DecodeTemplate, PlacedOp
+
+TEMPLATE_STEP = 1  # decode steps 1 and 2 give the template; the probe runs one more (pipeline.PROBE_STEPS)
+METRICS = ("flops", "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_written_bytes")
+Totals = dict[tuple[str, str], list[int]]  # (stage, op class) -> METRICS values
+
+
+@dataclass
+class Ledger:
+    """Experts hit per (MoE block address, step), and each block's expert count, from the report's MoE rows (the
+    router's address; its parent module is the MoE block)."""
+
+    hits: dict[tuple[str, int], int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, moe: dict[str, Any] | None) -> "Ledger":
+        ledger = cls()
+        for row in (moe or {}).get("rows", []):
+            block = row["address"].rpartition(".")[0]
+            ledger.hits[(block, row["step"])] = ledger.hits.get((block, row["step"]), 0) + row["k"]
+            if row.get(EXPERTS_TOTAL):
+                ledger.totals[block] = row[EXPERTS_TOTAL]
+        return ledger
+
+    def scale(self, call_address: str, step: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """(hit, total) for a whole parameter of `shape` read in `call_address`, when it stacks a block's experts."""
+        for block, total in self.totals.items():
+            if shape and shape[0] == total and (call_address + ".").startswith(block + "."):
+                hit = self.hits.get((block, step))
+                return (hit, total) if hit is not None else None
+        return None
+
+
+def _attention_kv(p: PlacedOp) -> tuple[int, int]:
+    q, k, v = p.op.inputs[:3]
+    read = k.nbytes + v.nbytes
+    return read, read * q.shape[-2] // k.shape[-2] if k.shape[-2] else 0
+
+
+def cached_nodes(placed: Iterable[PlacedOp], decode_steps: set[int]) -> set[str]:
+    """Call addresses whose attention reads more keys than it has queries in a decode step: they use a cache."""
+    return {p.op.call[0] for p in placed if p.step in decode_steps and p.op.func == "scaled_dot_product_attention"
+            and len(p.op.inputs) >= 3 and p.op.inputs[1].shape[-2] > p.op.inputs[0].shape[-2]}
+
+
+class Accountant:
+    """Adds ops of one step into (stage, class) totals, with weights deduplicated per call and scaled by the
+    ledger. `uncounted[func]` counts ops whose FLOPs are unknown."""
+
+    def __init__(self, ledger: Ledger, cached: set[str]):
+        self.ledger, self.cached = ledger, cached
+        self.uncounted: dict[str, int] = defaultdict(int)
+        self.unscaled: set[str] = set()  # stacked-expert parameters read whole with no ledger row
+
+    def add(self, totals: Totals, ops: Iterable[PlacedOp], works: Iterable[OpWork] | None = None,
+            seen: set[tuple[tuple[str, int], str]] | None = None) -> Totals:
+        """Add `ops` (with their `works` when precomputed) into `totals`; `seen`: (call, weight) already counted."""
+        seen = set() if seen is None else seen
+        for p, w in zip(ops, works) if works is not None else ((p, op_work(p.op)) for p in ops):
+            row = totals.setdefault((p.stage or "other", w.cls), [0] * len(METRICS))
+            if w.flops is None:
+                self.uncounted[p.op.func] += 1
+            else:
+                row[0] += w.flops
+            row[2] += w.act_read + w.act_written
+            if w.cls == "attention" and p.op.call[0] in self.cached and len(p.op.inputs) >= 3:
+                kv_read, kv_written = _attention_kv(p)
+                row[2] -= kv_read
+                row[3] += kv_read
+                row[4] += kv_written
+            for address, nbytes, whole in w.weights:
+                if whole:
+                    if (p.op.call, address) in seen:
+                        continue
+                    seen.add((p.op.call, address))
+                    nbytes = self._scaled(p, address, nbytes)
+                row[1] += nbytes
+        return totals
+
+    def _scaled(self, p: PlacedOp, address: str, nbytes: int) -> int:
+        shape = next(t.shape for t in p.op.inputs + p.op.params if t.param == address)
+        if len(shape) < 3:
+            return nbytes
+        scale = self.ledger.scale(p.op.call[0], p.step, shape)
+        if scale is None:
+            if any((p.op.call[0] + ".").startswith(b + ".") for b in self.ledger.totals) or not self.ledger.totals:
+                self.unscaled.add(address)
+            return nbytes
+        hit, total = scale
+        return nbytes * hit // total
+
+
+@dataclass
+class SessionWork:
+    """Per (step, stage, class) totals of a session, the probed steps and the notes on what is not counted."""
+
+    totals: dict[int, Totals]
+    probed: list[int]
+    notes: list[str]
+    uncounted: dict[str, int]
+
+
+def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, Any] | None) -> SessionWork:
+    """Totals for every step in `phases` (step -> "prefill" / "decode"). When the probe covered the whole session
+    every step is as traced; otherwise steps 0..2 are, and later ones come from the template of decode steps 1-2
+    (the probe's last step, which stops, gives the session's last step)."""
+    traced = sorted({p.step for p in placed})
+    decode = {s for s in traced if phases.get(s) == "decode"}
+    acct = Accountant(Ledger.of(moe), cached_nodes(placed, decode))
+    whole = not phases or max(phases) <= max(traced, default=-1)
+    probed = traced if whole else [s for s in traced if s <= TEMPLATE_STEP + 1]
+    totals = {step: acct.add({}, [p for p in placed if p.step == step]) for step in probed}
+    notes: list[str] = []
+    later = sorted(s for s in phases if s > max(probed, default=-1))
+    if later:
+        try:
+            if not {TEMPLATE_STEP, TEMPLATE_STEP + 1} <= decode or max(traced) <= TEMPLATE_STEP + 1:
+                raise ExtrapolationError(f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} "
+                                         f"(it traced steps {traced})")
+            _extrapolate(DecodeTemplate(placed, TEMPLATE_STEP, max(traced)), acct, later, totals)
+        except ExtrapolationError as exc:
+            notes.append(f"incomplete: the work of steps {later[0]}..{later[-1]} is not counted: {exc}")
+    if acct.unscaled:
+        notes.append("stacked expert weights counted whole (no MoE ledger row for their block): "
+                     + ", ".join(sorted(acct.unscaled)))
+    return SessionWork(totals, probed, notes, dict(acct.uncounted))
+
+
+def _extrapolate(template: DecodeTemplate, acct: Accountant, steps: list[int], totals: dict[int, Totals]) -> None:
+    for final in (False, True):
+        constant, growing = template.constant_and_growing(final)
+        works = [op_work(p.op) for p in constant]
+        for step in [s for s in steps if (s == steps[-1]) == final]:
+            seen: set[tuple[tuple[str, int], str]] = set()
+            acct.add(totals.setdefault(step, {}), [PlacedOp(step, p.stage, p.op) for p in constant], works, seen)
+            acct.add(totals[step], [PlacedOp(step, s.placed.stage, s.at(step - template.first)) for s in growing],
+                     None, seen)

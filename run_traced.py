@@ -41,6 +41,14 @@ def option(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def kinds(text: str) -> list[str]:
+    chosen = [k.strip() for k in text.split(",") if k.strip()]
+    wrong = [k for k in chosen if k not in ("genz", "llm-viewer", "csv")]
+    if wrong or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: exports are genz, llm-viewer and csv, comma-separated")
+    return chosen
+
+
 def check_device(device: str) -> None:
     import torch
 
@@ -83,6 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="with --from-events: report the finished steps of a stream that did not end normally, "
                         "marked incomplete")
+    p.add_argument("--hardware", metavar="NAME|FILE.toml",
+                   help="roofline bounds per stage on a built-in accelerator (h100, h200, a100, l40s, b200, mi300x) "
+                        "or one described in a TOML file (needs the TorchLens probe)")
+    p.add_argument("--export", type=kinds, default=[], metavar="genz,llm-viewer,csv",
+                   help="write files for analytic simulators into the output folder (needs the TorchLens probe)")
     p.add_argument("--out", type=Path, default=Path("loopmeta-out"), help="output folder (default loopmeta-out)")
     return p.parse_args(argv)
 
@@ -154,9 +167,12 @@ def run(args: argparse.Namespace, console: Any) -> int:
 
     if args.from_events is not None:
         report = report_from_events(args.from_events, args.config, args.allow_incomplete)
+        if args.hardware or args.export:
+            carry_work(report, args.from_events.parent / "report.json")
+        extras = add_work_outputs(report, args)
         paths = write_report(report, args.out)
         print(to_text(report))
-        console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+        console.print("wrote " + ", ".join(str(p) for p in [*paths.values(), *extras]))
         return 0
     check_device(args.device)
     with console.status("building the model and inputs"):
@@ -170,10 +186,42 @@ def run(args: argparse.Namespace, console: Any) -> int:
                                   probe=None if args.no_torchlens else "auto",
                                   check_versions=not args.ignore_version_pins,
                                   options=dict(args.option))
+    extras = add_work_outputs(report, args)
     paths = write_report(report, args.out)
     print(to_text(report))
-    console.print(f"wrote {events}, " + ", ".join(str(p) for p in paths.values()))
+    console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
     return 0
+
+
+def carry_work(report: Any, saved: Path) -> None:
+    """Take the probe and work sections of the report a run wrote beside its events, when it is that session's."""
+    from loopmeta.report.schema import read_report
+
+    if not saved.is_file():
+        raise SessionError(f"--hardware and --export need the work of a TorchLens probe: {saved} (the report the run "
+                           "wrote beside its events) is missing")
+    earlier = read_report(saved)
+    if earlier.counts != report.counts or earlier.model_class != report.model_class or not earlier.work:
+        raise SessionError(f"{saved} is not a report of this event stream with a work section: rerun the session "
+                           "without --no-torchlens")
+    report.probe, report.work = earlier.probe, earlier.work
+
+
+def add_work_outputs(report: Any, args: argparse.Namespace) -> list[Path]:
+    """Roofline bounds into the report (--hardware) and the simulator exports (--export); their paths."""
+    if not (args.hardware or args.export):
+        return []
+    if not report.work:
+        raise SessionError("--hardware and --export need the TorchLens probe's work: drop --no-torchlens")
+    from loopmeta.exports.simulators import export
+    from loopmeta.work.roofline import load_hardware, roofline
+
+    phases = {s["step"]: s["phase"] for s in report.steps}
+    hardware = load_hardware(args.hardware) if args.hardware else None
+    report.work.pop("roofline", None)
+    if hardware is not None:
+        report.work["roofline"] = roofline(report.work, phases, hardware)
+    return export(report.work, phases, args.export, args.out, hardware)
 
 
 def main(argv: list[str] | None = None) -> int:

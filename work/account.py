@@ -77,24 +77,27 @@ class Accountant:
         seen = set() if seen is None else seen
         for p, w in zip(ops, works) if works is not None else ((p, op_work(p.op)) for p in ops):
             row = totals.setdefault((p.stage or "other", w.cls), [0] * len(METRICS))
-            if w.flops is None:
-                self.uncounted[p.op.func] += 1
-            else:
-                row[0] += w.flops
-            row[2] += w.act_read + w.act_written
-            if w.cls == "attention" and p.op.call[0] in self.cached and len(p.op.inputs) >= 3:
-                kv_read, kv_written = _attention_kv(p)
-                row[2] -= kv_read
-                row[3] += kv_read
-                row[4] += kv_written
-            for address, nbytes, whole in w.weights:
-                if whole:
-                    if (p.op.call, address) in seen:
-                        continue
-                    seen.add((p.op.call, address))
-                    nbytes = self._scaled(p, address, nbytes)
-                row[1] += nbytes
+            for i, v in enumerate(self.metrics(p, w, seen)):
+                row[i] += v
         return totals
+
+    def metrics(self, p: PlacedOp, w: OpWork, seen: set[tuple[tuple[str, int], str]]) -> tuple[int, ...]:
+        """The op's METRICS values: unknown FLOPs count 0 (and in `uncounted`); KV bytes leave the activations."""
+        if w.flops is None:
+            self.uncounted[p.op.func] += 1
+        activations, kv_read, kv_written = w.act_read + w.act_written, 0, 0
+        if w.cls == "attention" and p.op.call[0] in self.cached and len(p.op.inputs) >= 3:
+            kv_read, kv_written = _attention_kv(p)
+            activations -= kv_read
+        weights = 0
+        for address, nbytes, whole in w.weights:
+            if whole:
+                if (p.op.call, address) in seen:
+                    continue
+                seen.add((p.op.call, address))
+                nbytes = self._scaled(p, address, nbytes)
+            weights += nbytes
+        return (w.flops or 0, weights, activations, kv_read, kv_written)
 
     def _scaled(self, p: PlacedOp, address: str, nbytes: int) -> int:
         shape = next(t.shape for t in p.op.inputs + p.op.params if t.param == address)
@@ -117,6 +120,7 @@ class SessionWork:
     probed: list[int]
     notes: list[str]
     uncounted: dict[str, int]
+    cached: set[str]  # the call addresses of cached attention
 
 
 def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, Any] | None) -> SessionWork:
@@ -142,7 +146,7 @@ def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, 
     if acct.unscaled:
         notes.append("stacked expert weights counted whole (no MoE ledger row for their block): "
                      + ", ".join(sorted(acct.unscaled)))
-    return SessionWork(totals, probed, notes, dict(acct.uncounted))
+    return SessionWork(totals, probed, notes, dict(acct.uncounted), acct.cached)
 
 
 def _extrapolate(template: DecodeTemplate, acct: Accountant, steps: list[int], totals: dict[int, Totals]) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .account import METRICS, SessionWork
+from .account import METRICS, Accountant, Ledger, SessionWork, session_work
+from .formulas import op_work
+from .steps import place_ops
 
 CONVENTIONS = ("FLOPs by the torch.utils.flop_counter conventions (2*M*N*K per product; convolutions and attention "
                "as their products; other ops 0); bytes as the program is written, unfused: every op reads its inputs "
@@ -76,32 +78,36 @@ def compute_dtype(placed: list[Any], works: list[Any]) -> str | None:
     return by_dtype.most_common(1)[0][0] if by_dtype else None
 
 
-OP_COLUMNS = ["step", "stage", "node", "call", "func", "class", "flops", "activation_read", "activation_written",
-              "weight_bytes", "dtype", "inputs", "output"]
+OP_COLUMNS = ["step", "stage", "node", "call", "func", "class", *METRICS, "dtype", "inputs", "output"]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
-def op_rows(placed: list[Any], works: list[Any]) -> dict[str, Any]:
-    """The per-op table of the probed steps (weights before the per-call and ledger rules)."""
-    rows = [[p.step, p.stage, p.op.call[0], p.op.call[1], p.op.func, w.cls, w.flops, w.act_read, w.act_written,
-             sum(b for _, b, _ in w.weights), p.op.output.dtype,
-             ";".join(_shape(t.shape) + ("@" + t.param if t.param else "") for t in p.op.inputs + p.op.params),
-             _shape(p.op.output.shape)] for p, w in zip(placed, works) if w.cls != "view"]
+def op_rows(placed: list[Any], works: list[Any], acct: Any) -> dict[str, Any]:
+    """The per-op table of the probed steps, with the session's rules applied (weights once per call and scaled to
+    the experts hit; KV bytes of cached attention); views, which move nothing, are left out. FLOPs are None where
+    unknown."""
+    rows, seen, step = [], set(), None
+    for p, w in zip(placed, works):
+        if p.step != step:
+            seen, step = set(), p.step
+        values = acct.metrics(p, w, seen)
+        if w.cls == "view":
+            continue
+        shapes = ";".join(_shape(t.shape) + ("@" + t.param if t.param else "") for t in p.op.inputs + p.op.params)
+        rows.append([p.step, p.stage or "other", p.op.call[0], p.op.call[1], p.op.func, w.cls,
+                     w.flops, *values[1:], p.op.output.dtype, shapes, _shape(p.op.output.shape)])
     return {"columns": OP_COLUMNS, "rows": rows}
 
 
 def work_from_probe(tree: Any, stage_of: dict[str, str | None], step_address: str, phases: dict[int, str],
                     moe: dict[str, Any] | None) -> dict[str, Any]:
     """The work section of a session whose first steps `tree` traced (`phases`: every step of the session)."""
-    from .account import session_work
-    from .formulas import op_work
-    from .steps import place_ops
-
     placed = place_ops(tree, stage_of, step_address)
     works = [op_work(p.op) for p in placed]
-    work = work_section(session_work(placed, phases, moe), phases, compute_dtype(placed, works))
-    work["ops"] = op_rows(placed, works)
+    sw = session_work(placed, phases, moe)
+    work = work_section(sw, phases, compute_dtype(placed, works))
+    work["ops"] = op_rows(placed, works, Accountant(Ledger.of(moe), sw.cached))
     return work

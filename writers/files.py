@@ -11,17 +11,21 @@ from pathlib import Path
 
 from ..errors import ReportFileError
 from ..merge.loops import check_exact
+from ..exports.simulators import csv_text
 from ..report.schema import Report, to_json
 from .markdown import to_markdown
 from .text import to_text
 
 
 def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
-    """Check exactness, then write the JSON, text and Markdown forms; return their paths by form."""
+    """Check exactness, then write the JSON, text and Markdown forms (and the per-op work table as CSV when the
+    report has one); return their paths by form."""
     check_exact(report.loops, report.counts)
     out = Path(out_dir)
     forms = {"json": (".json", to_json(report)), "text": (".txt", to_text(report) + "\n"),
              "markdown": (".md", to_markdown(report) + "\n")}
+    if report.work and report.work.get("ops"):
+        forms["ops"] = ("_ops.csv", csv_text(report.work["ops"]["columns"], report.work["ops"]["rows"]))
     paths = {form: out / f"{stem}{suffix}" for form, (suffix, _) in forms.items()}
     try:
         out.mkdir(parents=True, exist_ok=True)

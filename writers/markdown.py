@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..report.notation import fmt_lane, loop_lines, ranges, value_text
 from ..report.schema import Report
+from .work import BOUND_HEADER, HEADER, bound_caption, bound_rows, caption, stage_rows, work_notes
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -37,6 +38,12 @@ def to_markdown(report: Report) -> str:
             ["step", "stage", "node", "M", "N", "K", "calls"],
             [[str(g["step"]), g["stage"] or "", g["node"], str(g["M"]), str(g["N"]), str(g["K"]), str(g["calls"])]
              for g in gemms])
+    if report.work:
+        lines += ["", "## Work", "", caption(report.work), ""] + _table(HEADER, stage_rows(report.work))
+        lines += [""] + [f"- **{n}**" for n in work_notes(report.work)] if work_notes(report.work) else []
+        if report.work.get("roofline"):
+            roof = report.work["roofline"]
+            lines += ["", bound_caption(roof), ""] + _table(BOUND_HEADER, bound_rows(roof))
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines)

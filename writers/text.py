@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..report.notation import fmt_lane, loop_lines, ranges
 from ..report.schema import Report
+from .work import BOUND_HEADER, HEADER, aligned, bound_caption, bound_rows, caption, stage_rows, work_notes
 
 
 def stage_lines(report: Report) -> list[str]:
@@ -35,5 +36,11 @@ def to_text(report: Report) -> str:
         parts += ["", "steps:"] + [f"  step {s['step']}: {s['phase']} " + fmt_lane(s) for s in report.steps]
     if report.moe:
         parts += ["", moe_line(report.moe["summary"])]
+    if report.work:
+        parts += ["", caption(report.work) + ":"] + ["  " + line for line in aligned(HEADER, stage_rows(report.work))]
+        parts += [f"work: {n}" for n in work_notes(report.work)]
+        if report.work.get("roofline"):
+            roof = report.work["roofline"]
+            parts += [bound_caption(roof) + ":"] + ["  " + line for line in aligned(BOUND_HEADER, bound_rows(roof))]
     parts += [f"note: {n}" for n in report.notes]
     return "\n".join(parts)

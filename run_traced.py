@@ -165,6 +165,12 @@ def run(args: argparse.Namespace, console: Any) -> int:
     from loopmeta.pipeline import trace_session
     from loopmeta.writers import to_text, write_report
 
+    if (args.hardware or args.export) and args.no_torchlens:
+        raise SessionError("--hardware and --export need the TorchLens probe's work: drop --no-torchlens")
+    if args.hardware:
+        from loopmeta.work.roofline import load_hardware
+
+        args.hardware = load_hardware(args.hardware)  # refused before any model runs
     if args.from_events is not None:
         report = report_from_events(args.from_events, args.config, args.allow_incomplete)
         if args.hardware or args.export:
@@ -214,14 +220,13 @@ def add_work_outputs(report: Any, args: argparse.Namespace) -> list[Path]:
     if not report.work:
         raise SessionError("--hardware and --export need the TorchLens probe's work: drop --no-torchlens")
     from loopmeta.exports.simulators import export
-    from loopmeta.work.roofline import load_hardware, roofline
+    from loopmeta.work.roofline import roofline
 
     phases = {s["step"]: s["phase"] for s in report.steps}
-    hardware = load_hardware(args.hardware) if args.hardware else None
     report.work.pop("roofline", None)
-    if hardware is not None:
-        report.work["roofline"] = roofline(report.work, phases, hardware)
-    return export(report.work, phases, args.export, args.out, hardware)
+    if args.hardware is not None:
+        report.work["roofline"] = roofline(report.work, phases, args.hardware)
+    return export(report.work, phases, args.export, args.out, args.hardware)
 
 
 def main(argv: list[str] | None = None) -> int:

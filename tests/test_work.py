@@ -195,3 +195,23 @@ def _stages(model) -> dict[str, str]:
     from loopmeta.patches.instrumentation import choose_config, resolve
 
     return {b.address: b.target.stage for b in resolve(model, choose_config(model, "auto"))}
+
+
+def test_v1_stub_session_flops_equal_flop_counter_over_every_step(v1_model):
+    """The v1 stub (experts as modules): the whole session's FLOPs, derived decode steps included, equal
+    FlopCounterMode over the same generation; per stage too."""
+    from stubs.deepseek_ocr_v1 import MODES
+
+    from loopmeta.pipeline import trace_session
+
+    inputs = v1_model.prepare_infer_inputs(image_size=(900, 1400), **MODES["gundam"])
+    inputs.pop("plan")
+    run = lambda: v1_model.generate(**inputs, max_new_tokens=6)  # noqa: E731
+    report, _ = trace_session(v1_model, run, config="deepseek_ocr_v1", probe="auto", check_versions=False)
+    assert report.work["derived_steps"] == [3, 5] and not report.work["notes"]
+    per_module, classes = counted(run)
+    assert report.work["session"]["flops"] == sum(classes.values()) > 0
+    root = type(v1_model).__name__
+    for stage, module in {"vision.sam": "model.sam_model", "projector": "model.projector"}.items():
+        mine = sum(r["flops"] for r in report.work["stages"] if r["stage"] == stage)
+        assert mine == sum(per_module[f"{root}.{module}"].values()) > 0, stage

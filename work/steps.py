@@ -6,13 +6,15 @@ generation loop's own bookkeeping, a vision stage run before the first forward) 
 earlier op inside one, or to step 0. An op's stage is that of its nearest ancestor call the config stages.
 
 Later decode steps repeat the last probed decode step with two differences only (docs/analytic.md#every-step):
-dimensions that grow by one per step (the key length) and the MoE routing (expert weights read, from the ledger).
+dimensions that grow by one per step (the key length) and the MoE routing (expert weights read, from the ledger;
+experts that are modules are other addresses each step, so addresses are compared with their indices masked).
 `DecodeTemplate` finds the growing dimensions by comparing two probed decode steps op by op; any other difference
 makes extrapolation refuse (`ExtrapolationError`), never guess.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +22,7 @@ from ..errors import ExtrapolationError
 from ..probe.ops import Tensor, TracedOp
 
 CallKey = tuple[str, int]
+_INDEX = re.compile(r"\.\d+(?=\.|$)")  # indices in an address: experts that are modules differ per step, not in shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +94,9 @@ class DecodeTemplate:
         self.first = first + 1
         self.slots = [self._slot(a, b) for a, b in zip(before, after)]
         tail = [p for p in placed if p.step == last_probed]
-        if len(tail) > len(self.slots) or any((p.op.func, p.op.call[0]) != (s.placed.op.func, s.placed.op.call[0])
-                                               for p, s in zip(tail, self.slots)):
+        if len(tail) > len(self.slots) or any(
+                (p.op.func, _INDEX.sub(".*", p.op.call[0])) != (s.placed.op.func, _INDEX.sub(".*", s.placed.op.call[0]))
+                for p, s in zip(tail, self.slots)):
             raise ExtrapolationError(f"the probe's last step {last_probed} does not run a prefix of the ops of decode "
                                      f"step {first + 1}")
         self.final = len(tail)
@@ -100,8 +104,8 @@ class DecodeTemplate:
     @staticmethod
     def _slot(a: PlacedOp, b: PlacedOp) -> _Slot:
         where = f"op {b.op.func} in {b.op.call[0] or '<root>'}"
-        if (a.op.func, a.op.call[0], a.stage, len(a.op.inputs), a.op.output_index) != \
-                (b.op.func, b.op.call[0], b.stage, len(b.op.inputs), b.op.output_index):
+        if (a.op.func, _INDEX.sub(".*", a.op.call[0]), a.stage, len(a.op.inputs), a.op.output_index) != \
+                (b.op.func, _INDEX.sub(".*", b.op.call[0]), b.stage, len(b.op.inputs), b.op.output_index):
             raise ExtrapolationError(f"decode steps differ at {where}: {a.op.func} in {a.op.call[0]!r} before")
 
         def growing(x: Tensor, y: Tensor) -> tuple[int, ...]:

@@ -34,8 +34,8 @@ PROBE_STEPS = 4  # prefill + three decode steps: two whole ones show how a step'
 
 @dataclass
 class Probe:
-    """What TorchLens traces: `fn(*args, **kwargs)`, e.g. `model.generate` for 2 new tokens (prefill + one decode
-    step) or `model` itself for a single forward. It must repeat the session's first steps."""
+    """What TorchLens traces: `fn(*args, **kwargs)`, e.g. `model.generate` for 4 new tokens (prefill + three decode
+    steps) or `model` itself for a single forward. It must repeat the session's first steps."""
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
@@ -103,7 +103,7 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
                   check_versions: bool = True, options: dict[str, Any] | None = None) -> tuple[Report, Any]:
     """Run `run()` instrumented, then trace `probe` with TorchLens and merge; return the checked report and what
     `run()` returned. `probe="auto"` repeats the session's first call of the config's probe method (`generate`),
-    shorter (prefill + one decode step), as the config's `[session] probe` function says."""
+    shorter (prefill + three decode steps), as the config's `[session] probe` function says."""
     if isinstance(probe, str) and probe != "auto":
         raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
     chosen = choose_config(model, config)

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
     console.print(f"model: {session.label}")
     events = args.out / "events.jsonl"
     with console.status("running the instrumented session" + ("" if args.no_torchlens else
-                                                               ", then the TorchLens probe (prefill + 1 step)")), \
+                                                               ", then the TorchLens probe (prefill + 3 steps)")), \
             session.context():
         report, _ = trace_session(session.model, session.run, config=config, events=events,
                                   probe=None if args.no_torchlens else "auto",

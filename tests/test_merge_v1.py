@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from conftest import end_of, hook_counts, v1_instrumented_addresses
-from loopmeta.pipeline import PROBE_STEPS
 from loopmeta.errors import AlignmentError, ExactnessError, MergeError
 from loopmeta.merge.loops import check_exact, expand, walk
 from loopmeta.model_configs import load_config
@@ -83,12 +82,12 @@ def test_expansion_equals_independent_hook_counts(traced, v1_model):
     bound = v1_instrumented_addresses(v1_model.config)
     assert got == Counter({a: hooks[a] for a in bound if hooks[a]})
     assert got["model.sam_model.blocks.1"] == 2 and got["lm_head"] == NEW and got["model.layers.2"] == NEW
-    # the probe repeats the session's steps, at most PROBE_STEPS: its structural nest expands to their hook counts
-    probe_hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=min(NEW, PROBE_STEPS)))
+    # the probe (prefill + one decode step): TorchLens's structural nest expands to the hook counts of those steps
+    probe_hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=2))
     probe = expand(report.probe["loops"])
     assert probe.pop("<generate>") == 1  # the traced method is the root of the probe
     assert probe == +probe_hooks
-    assert report.probe["traced_steps"] == min(NEW, PROBE_STEPS) and report.probe["events_aligned"] > 0
+    assert report.probe["traced_steps"] == 2 and report.probe["events_aligned"] > 0
     # config-free, the SAM stack's members still show the constructor parameter they differ in
     (blocks,) = find(report.probe["loops"], container="model.sam_model.blocks")
     windows = [l["window_size"] for l in blocks.lanes[: blocks.bound]]

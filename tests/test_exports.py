@@ -84,7 +84,7 @@ def test_llm_viewer_table_and_roofline(run):
     phases = {s["step"]: s["phase"] for s in work["steps"]}
     peak = hw.peak_flops[work["compute_dtype"]]
     expected = sum(max(r[2] / peak, sum(r[3:7]) / hw.bandwidth) for r in work["step_stage"]["rows"])
-    assert roof["session_bound_s"] == pytest.approx(expected)
+    assert roof["total_bound_s"] == pytest.approx(expected)
     assert {(r["group"], r["stage"]) for r in roof["stages"]} == {(phases[r[0]], r[1])
                                                                   for r in work["step_stage"]["rows"]}
     text = (out / "report.txt").read_text()

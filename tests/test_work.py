@@ -159,7 +159,7 @@ def test_weight_bytes_equal_parameters_of_called_modules(ocr2, impl):
             expected += calls[address] * sum(p.nbytes for p in own.values())
     # learned queries the vision tower reads by attribute (their module is never called): the global view's
     expected += model.model.vision_tower.query_1024_resolution.weight.nbytes
-    assert report.work["session"]["weight_bytes"] == expected
+    assert report.work["total"]["weight_bytes"] == expected
 
 
 @pytest.mark.real_model
@@ -210,7 +210,7 @@ def test_v1_stub_session_flops_equal_flop_counter_over_every_step(v1_model):
     report, _ = trace_session(v1_model, run, config="deepseek_ocr_v1", probe="auto", check_versions=False)
     assert report.work["derived_steps"] == [3, 5] and not report.work["notes"]
     per_module, classes = counted(run)
-    assert report.work["session"]["flops"] == sum(classes.values()) > 0
+    assert report.work["total"]["flops"] == sum(classes.values()) > 0
     root = type(v1_model).__name__
     for stage, module in {"vision.sam": "model.sam_model", "projector": "model.projector"}.items():
         mine = sum(r["flops"] for r in report.work["stages"] if r["stage"] == stage)

@@ -86,5 +86,5 @@ def roofline(work: dict[str, Any], phases: dict[int, str], hw: Hardware) -> dict
     rows = [{"group": g, "stage": s, "compute_s": c, "memory_s": m, "bound_s": b,
              "bound": "compute" if c >= m else "memory"} for (g, s), (c, m, b) in groups.items()]
     return {"hardware": hw.name, "source": hw.source, "dtype": dtype, "peak_flops": peak, "bandwidth": hw.bandwidth,
-            "stages": rows, "session_bound_s": sum(r["bound_s"] for r in rows),
+            "stages": rows, "total_bound_s": sum(r["bound_s"] for r in rows),
             "label": "lower bounds for the ops as written on an ideal device, not predicted times"}

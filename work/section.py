@@ -42,7 +42,7 @@ def summaries(work: dict[str, Any], phases: dict[int, str]) -> dict[str, Any]:
     return {
         "stages": [_with_ratios({"group": g, "stage": s, **_sum(rs, 2)}) for (g, s), rs in groups.items()],
         "steps": [_with_ratios({"step": s, "phase": phases.get(s, "?"), **_sum(rs, 2)}) for s, rs in steps.items()],
-        "session": _with_ratios(_sum(rows, 2)),
+        "total": _with_ratios(_sum(rows, 2)),
     }
 
 

@@ -17,7 +17,7 @@ def stage_rows(work: dict[str, Any]) -> list[list[str]]:
     rows = [[r["group"], r["stage"], _num(r["flops"], 1e9), _num(r["weight_bytes"], 1e6),
              _num(r["activation_bytes"], 1e6), _num(r["kv_read_bytes"], 1e6), _num(r["kv_written_bytes"], 1e6),
              str(r["intensity"])] for r in work["stages"]]
-    s = work["session"]
+    s = work["total"]
     return rows + [["session", "all", _num(s["flops"], 1e9), _num(s["weight_bytes"], 1e6),
                     _num(s["activation_bytes"], 1e6), _num(s["kv_read_bytes"], 1e6),
                     _num(s["kv_written_bytes"], 1e6), str(s["intensity"])]]
@@ -26,7 +26,7 @@ def stage_rows(work: dict[str, Any]) -> list[list[str]]:
 def bound_rows(roof: dict[str, Any]) -> list[list[str]]:
     rows = [[r["group"], r["stage"], _num(r["compute_s"], 1e-3), _num(r["memory_s"], 1e-3),
              _num(r["bound_s"], 1e-3), r["bound"]] for r in roof["stages"]]
-    return rows + [["session", "all", "", "", _num(roof["session_bound_s"], 1e-3), ""]]
+    return rows + [["session", "all", "", "", _num(roof["total_bound_s"], 1e-3), ""]]
 
 
 def caption(work: dict[str, Any]) -> str:

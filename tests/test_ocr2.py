@@ -131,6 +131,7 @@ def test_run_traced_without_arguments(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "loopmeta-out"
-    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "report.json", "report.md", "report.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "report.json", "report.md", "report.txt",
+                                                     "report_ops.csv"]
     assert "model.vision_tower parfor 2 axis=view" in done.stdout
     assert "parfor 4 axis=decode_step" in done.stdout

@@ -62,7 +62,8 @@ def test_the_documented_face():
 
 def test_docstring_examples_run():
     for module in (loopmeta, importlib.import_module("loopmeta.common.tensors"),
-                   importlib.import_module("loopmeta.common.attributes")):
+                   importlib.import_module("loopmeta.common.attributes"), importlib.import_module("loopmeta.work.formulas"),
+                   importlib.import_module("loopmeta.work.roofline")):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

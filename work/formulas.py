@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..probe.ops import VIEW_FUNCS, Tensor, TracedOp
+from ..probe.ops import VIEW_FUNCS, TracedOp
 
 CLASSES = ("matmul", "grouped_matmul", "conv", "attention", "embedding", "norm", "elementwise", "view")
 PRODUCT_CLASSES = ("matmul", "grouped_matmul", "conv", "attention")

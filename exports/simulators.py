@@ -17,16 +17,16 @@ import csv
 import io
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
+from ..common.addresses import node_pattern
+from ..common.files import write_atomically
 from ..errors import ReportFileError
+from ..work.roofline import peak_for
 
 GEMM, LOGIT, ATTEND, REPEAT, END_REPEAT = 3, 4, 5, 13, 14
 GENZ_HEADER = ["Name", "M", "N", "D", "H", "Z", "Z", "T"]
-_INDEX = re.compile(r"\.\d+(?=\.|$)")
-_ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "bool": 1}
 
 
 def _shapes(text: str) -> list[tuple[int, ...]]:
@@ -53,7 +53,7 @@ def genz_rows(ops: list[dict[str, Any]]) -> list[list[Any]]:
     for op in ops:
         if not op["flops"]:
             continue
-        name = f"{_INDEX.sub('.*', op['node'])}:{op['func']}"
+        name = f"{node_pattern(op['node'])}:{op['func']}"
         macs = op["flops"] // 2
         if op["class"] == "attention":
             q, k, v = _shapes(op["inputs"])[:3]
@@ -141,9 +141,8 @@ def llm_viewer_rows(work: dict[str, Any], phases: dict[int, str], peak: float, b
         for o in _ops(work):
             if o["step"] != step:
                 continue
-            out = _shapes(o["output"])[0]
-            store = math.prod(out) * _ITEMSIZE.get(o["dtype"], 0)
-            row = acc.setdefault((group, f"{_INDEX.sub('.*', o['node'])}:{o['func']}"), [0] * 6)
+            store = o["output_bytes"]
+            row = acc.setdefault((group, f"{node_pattern(o['node'])}:{o['func']}"), [0] * 6)
             for i, v in enumerate((o["flops"] or 0, o["weight_bytes"], o["activation_bytes"] - store, store,
                                    o["kv_read_bytes"], o["kv_written_bytes"])):
                 row[i] += v
@@ -166,8 +165,8 @@ def export(work: dict[str, Any], phases: dict[int, str], kinds: list[str], out: 
         elif kind == "llm-viewer":
             if hardware is None:
                 raise ReportFileError("--export llm-viewer needs --hardware (the bound column depends on it)")
-            peak = hardware.peak_flops.get(work["compute_dtype"], max(hardware.peak_flops.values()))
-            files["llm_viewer.csv"] = csv_text(LLM_VIEWER, llm_viewer_rows(work, phases, peak, hardware.bandwidth))
+            rows = llm_viewer_rows(work, phases, peak_for(hardware, work["compute_dtype"]), hardware.bandwidth)
+            files["llm_viewer.csv"] = csv_text(LLM_VIEWER, rows)
         elif kind == "csv":  # the per-op CSV is always written with the report (report_ops.csv)
             files["ops.json"] = json.dumps(work["ops"]) + "\n"
             files["steps.csv"] = csv_text(work["step_stage"]["columns"], work["step_stage"]["rows"])
@@ -180,7 +179,7 @@ def _write_checked(path: Path, text: str) -> Path:
     """Write `text`, then read it back: a file that does not hold what was meant is refused."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_atomically(path, text)
         if path.read_text(encoding="utf-8") != text:
             raise ReportFileError(f"{path} does not read back as written")
     except OSError as exc:

@@ -10,11 +10,11 @@ experts stored as 3-D weight tensors (DeepSeek-OCR 2) are no modules; use the Mo
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Any
 
-_INDEX = re.compile(r"\.\d+(?=\.|$)")
+from ..common.addresses import node_pattern
+
 
 
 def gemm_table(tree: Any, model: Any, stage_of: dict[str, str | None], step_address: str = "") -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ def gemm_table(tree: Any, model: Any, stage_of: dict[str, str | None], step_addr
             continue
         shape = call.input_shapes[0]
         step, stage = step_and_stage(call.key)
-        row = (step, stage, _INDEX.sub(".*", call.address), math.prod(shape[:-1]), module.out_features,
+        row = (step, stage, node_pattern(call.address), math.prod(shape[:-1]), module.out_features,
                module.in_features, module.weight.element_size())
         counts[row] += 1
     return [{"step": r[0], "stage": r[1], "node": r[2], "M": r[3], "N": r[4], "K": r[5], "weight_bytes": r[6],

@@ -63,7 +63,8 @@ def test_the_documented_face():
 def test_docstring_examples_run():
     for module in (loopmeta, importlib.import_module("loopmeta.common.tensors"),
                    importlib.import_module("loopmeta.common.attributes"), importlib.import_module("loopmeta.work.formulas"),
-                   importlib.import_module("loopmeta.work.roofline")):
+                   importlib.import_module("loopmeta.work.roofline"),
+                   importlib.import_module("loopmeta.common.addresses")):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -175,7 +175,7 @@ def test_derived_decode_steps_equal_a_trace_of_those_steps(ocr2):
     phases = {s["step"]: s["phase"] for s in report.steps}
     assert report.work["probed_steps"] == [0, 1, 2] and report.work["derived_steps"] == [3, 5]
     assert not report.work["notes"]
-    stage_of = {a: s for a, s in _stages(model).items()}
+    stage_of = _stages(model)
     ids = inputs["input_ids"]
     rest = {k: v for k, v in inputs.items() if k != "input_ids"}
     full = capture(model.generate, (ids,), {**rest, "max_new_tokens": 6, "do_sample": False}, model=model)
@@ -215,3 +215,18 @@ def test_v1_stub_session_flops_equal_flop_counter_over_every_step(v1_model):
     for stage, module in {"vision.sam": "model.sam_model", "projector": "model.projector"}.items():
         mine = sum(r["flops"] for r in report.work["stages"] if r["stage"] == stage)
         assert mine == sum(per_module[f"{root}.{module}"].values()) > 0, stage
+
+
+@pytest.mark.real_model
+def test_without_the_ledger_only_stacked_experts_are_named_as_counted_whole(ocr2):
+    """With the expert ledger off, loopmeta cannot know which experts were hit: it counts the stacked expert weights
+    whole and names exactly them (not the 4-D convolution weights, which are no experts)."""
+    from loopmeta.pipeline import Probe, trace_session
+
+    model = ocr2["build"]("tiny")
+    inputs = ocr2["inputs"](640, 480)
+    report, _ = trace_session(model, lambda: model(**inputs), probe=Probe(model, kwargs=dict(inputs)),
+                              options={"expert_ledger": False})
+    stacked = sorted(n for n, p in model.named_parameters() if p.dim() == 3 and ".mlp.experts." in n)
+    (note,) = [n for n in report.work["notes"] if "counted whole" in n]
+    assert note.rpartition(": ")[2].split(", ") == stacked

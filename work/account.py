@@ -41,13 +41,10 @@ class Ledger:
                 ledger.totals[block] = row[EXPERTS_TOTAL]
         return ledger
 
-    def scale(self, call_address: str, step: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
-        """(hit, total) for a whole parameter of `shape` read in `call_address`, when it stacks a block's experts."""
-        for block, total in self.totals.items():
-            if shape and shape[0] == total and (call_address + ".").startswith(block + "."):
-                hit = self.hits.get((block, step))
-                return (hit, total) if hit is not None else None
-        return None
+    def block_of(self, call_address: str, shape: tuple[int, ...]) -> str | None:
+        """The MoE block whose experts a whole parameter of `shape`, read in `call_address`, stacks; else None."""
+        return next((block for block, total in self.totals.items()
+                     if shape and shape[0] == total and (call_address + ".").startswith(block + ".")), None)
 
 
 def _attention_kv(p: PlacedOp) -> tuple[int, int]:
@@ -95,21 +92,22 @@ class Accountant:
                 if (p.op.call, address) in seen:
                     continue
                 seen.add((p.op.call, address))
-                nbytes = self._scaled(p, address, nbytes)
+                nbytes = self._scaled(p, w.cls, address, nbytes)
             weights += nbytes
         return (w.flops or 0, weights, activations, kv_read, kv_written)
 
-    def _scaled(self, p: PlacedOp, address: str, nbytes: int) -> int:
+    def _scaled(self, p: PlacedOp, cls: str, address: str, nbytes: int) -> int:
+        """A whole stacked-experts parameter scaled to the experts hit; one the ledger cannot scale (no row for
+        its block and step, or read by a grouped product in a block the ledger does not know) counts whole and is
+        named in `unscaled`."""
         shape = next(t.shape for t in p.op.inputs + p.op.params if t.param == address)
-        if len(shape) < 3:
-            return nbytes
-        scale = self.ledger.scale(p.op.call[0], p.step, shape)
-        if scale is None:
-            if any((p.op.call[0] + ".").startswith(b + ".") for b in self.ledger.totals) or not self.ledger.totals:
+        block = self.ledger.block_of(p.op.call[0], shape) if len(shape) >= 3 else None
+        hit = self.ledger.hits.get((block, p.step)) if block is not None else None
+        if hit is None:
+            if block is not None or cls == "grouped_matmul":
                 self.unscaled.add(address)
             return nbytes
-        hit, total = scale
-        return nbytes * hit // total
+        return nbytes * hit // self.ledger.totals[block]
 
 
 @dataclass

@@ -22,9 +22,6 @@ from dataclasses import dataclass
 
 from ..probe.ops import VIEW_FUNCS, TracedOp
 
-CLASSES = ("matmul", "grouped_matmul", "conv", "attention", "embedding", "norm", "elementwise", "view")
-PRODUCT_CLASSES = ("matmul", "grouped_matmul", "conv", "attention")
-
 _MATMUL = {"linear": 0, "matmul": 0, "__matmul__": 0, "__rmatmul__": 1, "mm": 0, "bmm": 0, "addmm": 1,
            "baddbmm": 1}  # function -> position of the left operand among the tensor inputs
 _GROUPED = {"_grouped_mm", "grouped_mm"}

@@ -67,13 +67,18 @@ def load_hardware(choice: str) -> Hardware:
     return known[choice]
 
 
-def roofline(work: dict[str, Any], phases: dict[int, str], hw: Hardware) -> dict[str, Any]:
-    """Bounds per stage x group and for the session, on `hw`, for the work section `work`."""
-    dtype = work.get("compute_dtype")
+def peak_for(hw: Hardware, dtype: str | None) -> float:
+    """`hw`'s peak FLOP/s for products in `dtype`; an entry without that dtype is refused, never substituted."""
     if dtype not in hw.peak_flops:
         raise HardwareError(f"{hw.name} lists no peak for {dtype} products (it has {', '.join(hw.peak_flops)}): "
                             "add it to the hardware TOML")
-    peak = hw.peak_flops[dtype]
+    return hw.peak_flops[dtype]
+
+
+def roofline(work: dict[str, Any], phases: dict[int, str], hw: Hardware) -> dict[str, Any]:
+    """Bounds per stage x group and for the session, on `hw`, for the work section `work`."""
+    dtype = work.get("compute_dtype")
+    peak = peak_for(hw, dtype)
     cols = work["step_stage"]["columns"]
     flops, moved = cols.index("flops"), [cols.index(c) for c in cols if c.endswith("_bytes")]
     groups: dict[tuple[str, str], list[float]] = {}

@@ -78,7 +78,7 @@ def compute_dtype(placed: list[Any], works: list[Any]) -> str | None:
     return by_dtype.most_common(1)[0][0] if by_dtype else None
 
 
-OP_COLUMNS = ["step", "stage", "node", "call", "func", "class", *METRICS, "dtype", "inputs", "output"]
+OP_COLUMNS = ["step", "stage", "node", "call", "func", "class", *METRICS, "output_bytes", "dtype", "inputs", "output"]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -98,7 +98,7 @@ def op_rows(placed: list[Any], works: list[Any], acct: Any) -> dict[str, Any]:
             continue
         shapes = ";".join(_shape(t.shape) + ("@" + t.param if t.param else "") for t in p.op.inputs + p.op.params)
         rows.append([p.step, p.stage or "other", p.op.call[0], p.op.call[1], p.op.func, w.cls,
-                     w.flops, *values[1:], p.op.output.dtype, shapes, _shape(p.op.output.shape)])
+                     w.flops, *values[1:], w.act_written, p.op.output.dtype, shapes, _shape(p.op.output.shape)])
     return {"columns": OP_COLUMNS, "rows": rows}
 
 

@@ -14,15 +14,14 @@ makes extrapolation refuse (`ExtrapolationError`), never guess.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..common.addresses import node_pattern
 from ..errors import ExtrapolationError
 from ..probe.ops import Tensor, TracedOp
 
 CallKey = tuple[str, int]
-_INDEX = re.compile(r"\.\d+(?=\.|$)")  # indices in an address: experts that are modules differ per step, not in shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +94,7 @@ class DecodeTemplate:
         self.slots = [self._slot(a, b) for a, b in zip(before, after)]
         tail = [p for p in placed if p.step == last_probed]
         if len(tail) > len(self.slots) or any(
-                (p.op.func, _INDEX.sub(".*", p.op.call[0])) != (s.placed.op.func, _INDEX.sub(".*", s.placed.op.call[0]))
+                (p.op.func, node_pattern(p.op.call[0])) != (s.placed.op.func, node_pattern(s.placed.op.call[0]))
                 for p, s in zip(tail, self.slots)):
             raise ExtrapolationError(f"the probe's last step {last_probed} does not run a prefix of the ops of decode "
                                      f"step {first + 1}")
@@ -104,8 +103,8 @@ class DecodeTemplate:
     @staticmethod
     def _slot(a: PlacedOp, b: PlacedOp) -> _Slot:
         where = f"op {b.op.func} in {b.op.call[0] or '<root>'}"
-        if (a.op.func, _INDEX.sub(".*", a.op.call[0]), a.stage, len(a.op.inputs), a.op.output_index) != \
-                (b.op.func, _INDEX.sub(".*", b.op.call[0]), b.stage, len(b.op.inputs), b.op.output_index):
+        if (a.op.func, node_pattern(a.op.call[0]), a.stage, len(a.op.inputs), a.op.output_index) != \
+                (b.op.func, node_pattern(b.op.call[0]), b.stage, len(b.op.inputs), b.op.output_index):
             raise ExtrapolationError(f"decode steps differ at {where}: {a.op.func} in {a.op.call[0]!r} before")
 
         def growing(x: Tensor, y: Tensor) -> tuple[int, ...]:

@@ -5,13 +5,12 @@ disk leaves the previous report in place, never a truncated one."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ..common.files import write_atomically
 from ..errors import ReportFileError
-from ..merge.loops import check_exact
 from ..exports.simulators import csv_text
+from ..merge.loops import check_exact
 from ..report.schema import Report, to_json
 from .markdown import to_markdown
 from .text import to_text
@@ -35,15 +34,3 @@ def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> d
         raise ReportFileError(f"cannot write the report to {out}: {exc}. Pass an output folder you can write "
                               "(--out).") from None
     return paths
-
-
-def write_atomically(path: Path, content: str) -> None:
-    """`path` holds `content` entirely, or keeps what it held before."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,14 +13,13 @@ def _num(value: float, scale: float) -> str:
     return f"{value / scale:,.3f}"
 
 
+def _metrics(group: str, stage: str, r: dict[str, Any]) -> list[str]:
+    return [group, stage, _num(r["flops"], 1e9), *(_num(r[k], 1e6) for k in (
+        "weight_bytes", "activation_bytes", "kv_read_bytes", "kv_written_bytes")), str(r["intensity"])]
+
+
 def stage_rows(work: dict[str, Any]) -> list[list[str]]:
-    rows = [[r["group"], r["stage"], _num(r["flops"], 1e9), _num(r["weight_bytes"], 1e6),
-             _num(r["activation_bytes"], 1e6), _num(r["kv_read_bytes"], 1e6), _num(r["kv_written_bytes"], 1e6),
-             str(r["intensity"])] for r in work["stages"]]
-    s = work["total"]
-    return rows + [["session", "all", _num(s["flops"], 1e9), _num(s["weight_bytes"], 1e6),
-                    _num(s["activation_bytes"], 1e6), _num(s["kv_read_bytes"], 1e6),
-                    _num(s["kv_written_bytes"], 1e6), str(s["intensity"])]]
+    return [_metrics(r["group"], r["stage"], r) for r in work["stages"]] + [_metrics("session", "all", work["total"])]
 
 
 def bound_rows(roof: dict[str, Any]) -> list[list[str]]:

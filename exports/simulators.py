@@ -3,7 +3,8 @@
 - `genz`: GenZ model files (`genz/<group>.csv` and `genz/<group>.<stage>.csv`): rows `Name, M, N, D, H, Z, Z, T`
   with GenZ's operator codes (GEMM 3, Logit 4, Attend 5, Repeat 13, End Repeat 14); a run of identical layer blocks
   becomes `Repeat n` ... `End Repeat n`. Group `prefill` is step 0, `decode` the first probed decode step (GenZ
-  analyses one decode step at a time; the KV length grows by one per step).
+  analyses one decode step at a time; the KV length grows by one per step). `genz/session.csv` holds every step of
+  the session in order (written when the report's work covers every step).
 - `llm-viewer`: per node (indices as `*`) and op, for prefill and decode: OPs, memory access, intensity, bound on a
   hardware entry, load_weight / load_act / store_act / load_kv_cache / store_kv_cache.
 - `csv`: the per-op table as JSON (`ops.json`; its CSV comes with every report) and the per step x stage table
@@ -49,6 +50,10 @@ def probed_groups(work: dict[str, Any], phases: dict[int, str]) -> dict[str, int
 
 def genz_rows(ops: list[dict[str, Any]]) -> list[list[Any]]:
     """GenZ rows for the product ops (their MACs are FLOPs / 2), runs of identical blocks folded into Repeats."""
+    return _fold(_product_rows(ops))
+
+
+def _product_rows(ops: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for op in ops:
         if not op["flops"]:
@@ -66,7 +71,54 @@ def genz_rows(ops: list[dict[str, Any]]) -> list[list[Any]]:
         n = math.prod(out) // m
         rows.append([name, m, n, macs // (m * n), 1, 1, 0, GEMM] if macs % (m * n) == 0 else
                     [name, macs, 1, 1, 1, 1, 0, GEMM])
-    return _fold(rows)
+    return rows
+
+
+def session_rows(work: dict[str, Any], phases: dict[int, str]) -> list[list[Any]] | None:
+    """GenZ rows of every step in order, each step folded on its own and runs of identical steps into Repeats; None
+    when the work does not cover every step. Steps after the probed ones continue the rows of the last two probed
+    decode steps linearly (the derivation lets only dimensions that grow by one per step change, so every field is
+    linear in the step); the session's last step has as many rows as the probe's last traced step."""
+    flops = {s["step"]: s["flops"] for s in work["steps"]}
+    if not phases or set(phases) - set(flops):
+        return None
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for o in _ops(work):
+        by_step.setdefault(o["step"], []).append(o)
+    rows_of = {s: _product_rows(ops) for s, ops in by_step.items()}
+    decode = [s for s in work["probed_steps"] if phases.get(s) == "decode"]
+    blocks: list[list[list[Any]]] = []
+    for step in sorted(phases):
+        if step in work["probed_steps"]:
+            rows = rows_of.get(step, [])
+        else:
+            rows = _continued(rows_of[decode[-2]], rows_of[decode[-1]], step - decode[-1])
+            rows = rows[:len(rows_of[max(rows_of)])] if step == max(phases) else rows
+        if 2 * genz_macs(rows) != flops[step]:
+            raise ReportFileError(f"GenZ session export, step {step}: {genz_macs(rows)} MACs in the rows, "
+                                  f"{flops[step]} FLOPs in the report")
+        blocks.append(_fold(rows))
+    out: list[list[Any]] = []
+    for block, n in _runs(blocks):
+        out += [["Repeat", n, 1, 1, 1, 1, 1, REPEAT], *block, ["End Repeat", n, 1, 1, 1, 1, 1, END_REPEAT]] \
+            if n > 1 else block
+    return out
+
+
+def _continued(before: list[list[Any]], last: list[list[Any]], offset: int) -> list[list[Any]]:
+    if len(before) != len(last) or any((a[0], a[7]) != (b[0], b[7]) for a, b in zip(before, last)):
+        raise ReportFileError("GenZ session export: the last two probed decode steps run different products")
+    return [[b[0], *(y + offset * (y - x) for x, y in zip(a[1:], b[1:]))] for a, b in zip(before, last)]
+
+
+def _runs(blocks: list[list[list[Any]]]) -> list[tuple[list[list[Any]], int]]:
+    out: list[tuple[list[list[Any]], int]] = []
+    for block in blocks:
+        if out and out[-1][0] == block:
+            out[-1] = (block, out[-1][1] + 1)
+        else:
+            out.append((block, 1))
+    return out
 
 
 def _fold(rows: list[list[Any]]) -> list[list[Any]]:
@@ -127,6 +179,9 @@ def genz_files(work: dict[str, Any], phases: dict[int, str]) -> dict[str, str]:
                 raise ReportFileError(f"GenZ export of {group} {stage or 'all stages'}: {genz_macs(rows)} MACs "
                                       f"in the rows, {expected} in the report")
             files[f"genz/{group}{'.' + stage if stage else ''}.csv"] = csv_text(GENZ_HEADER, rows)
+    session = session_rows(work, phases)
+    if session is not None:
+        files["genz/session.csv"] = csv_text(GENZ_HEADER, session)
     return files
 
 

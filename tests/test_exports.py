@@ -65,6 +65,12 @@ def test_genz_reads_the_exports_with_the_reports_flops(run):
             assert macs * 2 == pytest.approx(expected, rel=1e-9), (group, stage)
             checked += 1
     assert checked >= 6
+    # the whole session, derived decode steps included, against the report's session total
+    assert work["derived_steps"] and max(s["step"] for s in work["steps"]) > max(work["probed_steps"])
+    df = get_model_df(str(out / "genz" / "session.csv"), System(), Unit(), batch_size=1, data_path=str(out),
+                      model_characterstics=True)
+    macs = float(get_summary_table(df, Unit(), model_characterstics=True)["MACs (MFLOP)"].iloc[0]) * 1e6
+    assert macs * 2 == pytest.approx(work["total"]["flops"], rel=1e-9)
     rows = list(csv.reader((out / "genz" / "prefill.llm.csv").open()))
     assert any(r[0] == "Repeat" and r[1] == "2" for r in rows)  # the two identical MoE layers fold into Repeat 2
 

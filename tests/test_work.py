@@ -190,6 +190,28 @@ def test_derived_decode_steps_equal_a_trace_of_those_steps(ocr2):
     assert kv[1] - kv[0] == kv[2] - kv[1] > 0  # one more cached token read per layer and step
 
 
+@pytest.mark.real_model
+def test_eager_attention_reads_the_same_cache_as_sdpa(ocr2):
+    """Eager attention reads the cache through two products (`q @ k^T`, `p @ v`): found by their operand growing one
+    key per decode step, their KV bytes equal those of SDPA on the same model, step by step, derived steps too. With
+    one decode step traced nothing can be seen to grow, and the report says so."""
+    from loopmeta.pipeline import trace_session
+
+    inputs = ocr2["inputs"](640, 480)
+    kv = {}
+    for impl in ("sdpa", "eager"):
+        model = ocr2["build"]("tiny", attn_implementation=impl)
+        report, _ = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=6, do_sample=False),
+                                  probe="auto")
+        assert report.work["derived_steps"] == [3, 5] and not report.work["notes"]
+        kv[impl] = [(r[0], r[1], r[5], r[6]) for r in report.work["step_stage"]["rows"] if r[5] or r[6]]
+    assert kv["eager"] == kv["sdpa"] and {step for step, *_ in kv["sdpa"]} == set(range(6))
+    report, _ = trace_session(model, lambda: model.generate(**inputs, max_new_tokens=2, do_sample=False),
+                              probe="auto")
+    assert report.work["total"]["kv_read_bytes"] == 0
+    assert any("no KV-cache bytes identified" in n for n in report.work["notes"])
+
+
 def _stages(model) -> dict[str, str]:
     """Instrumented address -> stage, from the config the session used."""
     from loopmeta.patches.instrumentation import choose_config, resolve
@@ -209,6 +231,7 @@ def test_v1_stub_session_flops_equal_flop_counter_over_every_step(v1_model):
     run = lambda: v1_model.generate(**inputs, max_new_tokens=6)  # noqa: E731
     report, _ = trace_session(v1_model, run, config="deepseek_ocr_v1", probe="auto", check_versions=False)
     assert report.work["derived_steps"] == [3, 5] and not report.work["notes"]
+    assert report.work["total"]["kv_read_bytes"] > 0  # its eager attention's cache reads are found
     per_module, classes = counted(run)
     assert report.work["total"]["flops"] == sum(classes.values()) > 0
     root = type(v1_model).__name__

@@ -2,20 +2,19 @@
 
 Weights are counted once per module call (a parameter read twice in one call is read once); a whole stacked-experts
 parameter (leading dimension = the MoE block's expert count) is scaled to the experts the ledger says were hit in that
-block and step. KV-cache bytes are those of the attention ops of cached nodes: nodes whose attention, in a probed
-decode step, has more keys than queries. Such an op reads its keys and values (the cache) and writes the new
-entries, a fraction queries/keys of them. Conventions: docs/analytic.md.
+block and step. KV-cache bytes are those of the ops that read the cache (`CacheReads`): they read it and write the
+new entries, a fraction queries/keys of it. Conventions: docs/analytic.md.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from ..errors import ExtrapolationError
 from ..events.lanes import EXPERTS_TOTAL
-from .formulas import OpWork, op_work
+from .formulas import OpWork, classify, op_work
 from .steps import DecodeTemplate, PlacedOp
 
 TEMPLATE_STEP = 1  # decode steps 1 and 2 give the template; the probe runs one more (pipeline.PROBE_STEPS)
@@ -47,24 +46,48 @@ class Ledger:
                      if shape and shape[0] == total and (call_address + ".").startswith(block + ".")), None)
 
 
-def _attention_kv(p: PlacedOp) -> tuple[int, int]:
-    q, k, v = p.op.inputs[:3]
-    read = k.nbytes + v.nbytes
-    return read, read * q.shape[-2] // k.shape[-2] if k.shape[-2] else 0
+@dataclass(frozen=True)
+class CacheReads:
+    """Where attention reads the KV cache. `sdpa`: call addresses whose `scaled_dot_product_attention`, in a probed
+    decode step, has more keys than queries (its keys and values are inputs 1 and 2). `operands`: attention written as
+    products (eager): (call address, func, nth) -> (input, key-length dimension) of a product whose second input is
+    no weight and grows by one per decode step."""
 
+    sdpa: frozenset[str] = frozenset()
+    operands: dict[tuple[str, str, int], tuple[int, int]] = field(default_factory=dict)
 
-def cached_nodes(placed: Iterable[PlacedOp], decode_steps: set[int]) -> set[str]:
-    """Call addresses whose attention reads more keys than it has queries in a decode step: they use a cache."""
-    return {p.op.call[0] for p in placed if p.step in decode_steps and p.op.func == "scaled_dot_product_attention"
-            and len(p.op.inputs) >= 3 and p.op.inputs[1].shape[-2] > p.op.inputs[0].shape[-2]}
+    @classmethod
+    def of(cls, placed: Iterable[PlacedOp], decode_steps: set[int], template: DecodeTemplate | None) -> "CacheReads":
+        sdpa = frozenset(p.op.call[0] for p in placed if p.step in decode_steps
+                         and p.op.func == "scaled_dot_product_attention" and len(p.op.inputs) >= 3
+                         and p.op.inputs[1].shape[-2] > p.op.inputs[0].shape[-2])
+        grown = template.growing_operands() if template is not None else []
+        return cls(sdpa, {(p.op.call[0], p.op.func, p.nth): (i, dim) for p, i, dim in grown
+                          if i == 1 and not p.op.inputs[1].param and classify(p.op) == "matmul"})
+
+    def __bool__(self) -> bool:
+        return bool(self.sdpa or self.operands)
+
+    def bytes(self, p: PlacedOp, cls: str) -> tuple[int, int]:
+        """KV bytes (read, written) of op `p`: the cache it reads, and the entries its queries add (queries/keys of
+        them: all in prefill, one per query in a decode step)."""
+        if cls == "attention" and p.op.call[0] in self.sdpa and len(p.op.inputs) >= 3:
+            q, k, v = p.op.inputs[:3]
+            read, queries, keys = k.nbytes + v.nbytes, q.shape[-2], k.shape[-2]
+        elif (p.op.call[0], p.op.func, p.nth) in self.operands:
+            i, dim = self.operands[(p.op.call[0], p.op.func, p.nth)]
+            read, queries, keys = p.op.inputs[i].nbytes, p.op.inputs[0].shape[-2], p.op.inputs[i].shape[dim]
+        else:
+            return 0, 0
+        return read, read * queries // keys if keys else 0
 
 
 class Accountant:
     """Adds ops of one step into (stage, class) totals, with weights deduplicated per call and scaled by the
     ledger. `uncounted[func]` counts ops whose FLOPs are unknown."""
 
-    def __init__(self, ledger: Ledger, cached: set[str]):
-        self.ledger, self.cached = ledger, cached
+    def __init__(self, ledger: Ledger, cache: CacheReads):
+        self.ledger, self.cache = ledger, cache
         self.uncounted: dict[str, int] = defaultdict(int)
         self.unscaled: set[str] = set()  # stacked-expert parameters read whole with no ledger row
 
@@ -82,10 +105,8 @@ class Accountant:
         """The op's METRICS values: unknown FLOPs count 0 (and in `uncounted`); KV bytes leave the activations."""
         if w.flops is None:
             self.uncounted[p.op.func] += 1
-        activations, kv_read, kv_written = w.act_read + w.act_written, 0, 0
-        if w.cls == "attention" and p.op.call[0] in self.cached and len(p.op.inputs) >= 3:
-            kv_read, kv_written = _attention_kv(p)
-            activations -= kv_read
+        kv_read, kv_written = self.cache.bytes(p, w.cls)
+        activations = w.act_read + w.act_written - kv_read
         weights = 0
         for address, nbytes, whole in w.weights:
             if whole:
@@ -118,7 +139,7 @@ class SessionWork:
     probed: list[int]
     notes: list[str]
     uncounted: dict[str, int]
-    cached: set[str]  # the call addresses of cached attention
+    cache: CacheReads
 
 
 def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, Any] | None) -> SessionWork:
@@ -127,24 +148,34 @@ def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, 
     (the probe's last step, which stops, gives the session's last step)."""
     traced = sorted({p.step for p in placed})
     decode = {s for s in traced if phases.get(s) == "decode"}
-    acct = Accountant(Ledger.of(moe), cached_nodes(placed, decode))
+    template, refused = None, None
+    try:
+        if not {TEMPLATE_STEP, TEMPLATE_STEP + 1} <= decode:
+            raise ExtrapolationError(f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} "
+                                     f"(it traced steps {traced})")
+        template = DecodeTemplate(placed, TEMPLATE_STEP, max(traced))
+    except ExtrapolationError as exc:
+        refused = exc
+    acct = Accountant(Ledger.of(moe), CacheReads.of(placed, decode, template))
     whole = not phases or max(phases) <= max(traced, default=-1)
     probed = traced if whole else [s for s in traced if s <= TEMPLATE_STEP + 1]
     totals = {step: acct.add({}, [p for p in placed if p.step == step]) for step in probed}
     notes: list[str] = []
     later = sorted(s for s in phases if s > max(probed, default=-1))
-    if later:
-        try:
-            if not {TEMPLATE_STEP, TEMPLATE_STEP + 1} <= decode or max(traced) <= TEMPLATE_STEP + 1:
-                raise ExtrapolationError(f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} "
-                                         f"(it traced steps {traced})")
-            _extrapolate(DecodeTemplate(placed, TEMPLATE_STEP, max(traced)), acct, later, totals)
-        except ExtrapolationError as exc:
-            notes.append(f"incomplete: the work of steps {later[0]}..{later[-1]} is not counted: {exc}")
+    if later and (template is None or max(traced) <= TEMPLATE_STEP + 1):
+        notes.append(f"incomplete: the work of steps {later[0]}..{later[-1]} is not counted: " + str(
+            refused or f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} (it traced steps "
+                       f"{traced})"))
+    elif later:
+        _extrapolate(template, acct, later, totals)
+    if decode and not acct.cache:
+        notes.append("no KV-cache bytes identified (no attention reads more keys than queries in a decode step, or "
+                     f"the probe traced fewer than decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 1}): cache reads "
+                     "count as activation bytes")
     if acct.unscaled:
         notes.append("stacked expert weights counted whole (no MoE ledger row for their block): "
                      + ", ".join(sorted(acct.unscaled)))
-    return SessionWork(totals, probed, notes, dict(acct.uncounted), acct.cached)
+    return SessionWork(totals, probed, notes, dict(acct.uncounted), acct.cache)
 
 
 def _extrapolate(template: DecodeTemplate, acct: Accountant, steps: list[int], totals: dict[int, Totals]) -> None:
@@ -153,6 +184,6 @@ def _extrapolate(template: DecodeTemplate, acct: Accountant, steps: list[int], t
         works = [op_work(p.op) for p in constant]
         for step in [s for s in steps if (s == steps[-1]) == final]:
             seen: set[tuple[tuple[str, int], str]] = set()
-            acct.add(totals.setdefault(step, {}), [PlacedOp(step, p.stage, p.op) for p in constant], works, seen)
-            acct.add(totals[step], [PlacedOp(step, s.placed.stage, s.at(step - template.first)) for s in growing],
+            acct.add(totals.setdefault(step, {}), [replace(p, step=step) for p in constant], works, seen)
+            acct.add(totals[step], [replace(s.placed, step=step, op=s.at(step - template.first)) for s in growing],
                      None, seen)

@@ -109,5 +109,5 @@ def work_from_probe(tree: Any, stage_of: dict[str, str | None], step_address: st
     works = [op_work(p.op) for p in placed]
     sw = session_work(placed, phases, moe)
     work = work_section(sw, phases, compute_dtype(placed, works))
-    work["ops"] = op_rows(placed, works, Accountant(Ledger.of(moe), sw.cached))
+    work["ops"] = op_rows(placed, works, Accountant(Ledger.of(moe), sw.cache))
     return work

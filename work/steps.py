@@ -14,6 +14,7 @@ makes extrapolation refuse (`ExtrapolationError`), never guess.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,9 +27,12 @@ CallKey = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class PlacedOp:
+    """An op with its step and stage; `nth`: how many ops of its func its call ran before it."""
+
     step: int
     stage: str | None
     op: TracedOp
+    nth: int = 0
 
 
 def place_ops(tree: Any, stage_of: dict[str, str | None], step_address: str) -> list[PlacedOp]:
@@ -44,11 +48,12 @@ def place_ops(tree: Any, stage_of: dict[str, str | None], step_address: str) -> 
             where[key] = (step, stage)
         return where[key]
 
-    placed, last = [], 0
+    placed, last, nth = [], 0, Counter[tuple[CallKey, str]]()
     for op in tree.ops:
         step, stage = locate(op.call)
         last = step if step is not None else last
-        placed.append(PlacedOp(last, stage, op))
+        placed.append(PlacedOp(last, stage, op, nth[(op.call, op.func)]))
+        nth[(op.call, op.func)] += 1
     return placed
 
 
@@ -120,6 +125,10 @@ class DecodeTemplate:
             raise ExtrapolationError(f"decode steps differ at {where}: other parameters read")
         return _Slot(b, tuple(growing(x, y) for x, y in zip(a.op.inputs, b.op.inputs)),
                      growing(a.op.output, b.op.output))
+
+    def growing_operands(self) -> list[tuple[PlacedOp, int, int]]:
+        """(op, input index, dimension) of every input that grows by one per step."""
+        return [(s.placed, i, dims[0]) for s in self.slots for i, dims in enumerate(s.inputs) if dims]
 
     def constant_and_growing(self, final: bool) -> tuple[list[PlacedOp], list[_Slot]]:
         """The ops whose shapes never change, and the slots that grow (recomputed per step), of a whole step or of

@@ -35,6 +35,8 @@ TOKENS_PER_EXPERT = "tokens_per_expert"
 """Tokens routed to each expert of `experts_hit`, in the same order (a token counts once per expert it reaches)."""
 EXPERTS_TOTAL = "experts_total"
 """Experts the MoE block has (the M of `select k of M`)."""
+TOP_K = "top_k"
+"""Experts the router picks per token (the k of top-k); `experts_hit` counts the distinct experts of all tokens."""
 EXPERTS_IMPLEMENTATION = "experts_implementation"
 """How the experts run when they are not modules (`grouped_mm`, `eager`, ...); informational."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT
+from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT, TOP_K
 from .hf import generate_probe, image_text_session  # noqa: F401  (the [session] functions named in the TOML)
 from .shapes import resolution
 
@@ -49,7 +49,7 @@ def router_topk(call: Any, result: Any) -> dict[str, Any]:
     counts = Counter(e for row in ids.tolist() for e in row)  # the one host copy
     hit = sorted(counts)
     return {"router": {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit],
-                       EXPERTS_TOTAL: int(call.module.num_experts), "top_k": int(call.module.top_k),
+                       EXPERTS_TOTAL: int(call.module.num_experts), TOP_K: int(call.module.top_k),
                        "tokens": int(ids.shape[0])}}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..common.attributes import swapped
 from ..errors import SessionError
-from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT
+from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT, TOP_K
 from .hf import generate_probe, load_error  # noqa: F401  (generate_probe: the [session] probe named in the TOML)
 from ..sessions.pages import load_image
 from ..sessions.contract import Session, SessionRequest, dtype_of, prompt_of
@@ -72,7 +72,7 @@ def moe_selection(call: Any, result: Any) -> dict[str, Any]:
     hits = sorted((index_of(e.address), e.lane["tokens"]) for e in call.children if e.role == "llm.moe.expert")
     h = call.args[0]
     return {"tokens": int(h.shape[0] * h.shape[1]) if len(h.shape) == 3 else int(h.shape[0]),
-            EXPERTS_TOTAL: len(call.module.experts), "top_k": getattr(call.module.gate, "top_k", None),
+            EXPERTS_TOTAL: len(call.module.experts), TOP_K: getattr(call.module.gate, "top_k", None),
             EXPERTS_HIT: [i for i, _ in hits], TOKENS_PER_EXPERT: [t for _, t in hits]}
 
 

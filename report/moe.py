@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT
+from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT, TOP_K
 from ..events.schema import CallEvent
 from ..events.table import EventTable, as_table
 
 
 def moe_table(events: EventTable | Iterable[CallEvent]) -> dict[str, Any] | None:
-    """One row per MoE call (address, call, step, k = experts hit, experts, tokens per expert, experts_total = M) and
-    a summary:
-    k min/mean/max, the expert-load imbalance (per MoE node, the busiest expert's tokens over the mean over all its
+    """One row per MoE call (address, call, step, k = experts hit, experts, tokens per expert, experts_total = M,
+    top_k = experts per token) and a summary: k min/mean/max, the top-k values, the expert-load imbalance (per MoE node, the busiest expert's tokens over the mean over all its
     experts, unused ones counting 0; the largest over nodes) and the experts implementations seen."""
     table = as_table(events)
     c, lanes = table.columns, table.lanes
@@ -23,7 +22,8 @@ def moe_table(events: EventTable | Iterable[CallEvent]) -> dict[str, Any] | None
         lane = lanes[c["lane"][r]]
         rows.append({"address": table.nodes[c["node"][r]].address, "call": c["call_index"][r], "step": c["step"][r],
                      "k": len(lane[EXPERTS_HIT]), "experts": list(lane[EXPERTS_HIT]),
-                     "tokens": list(lane.get(TOKENS_PER_EXPERT, [])), EXPERTS_TOTAL: lane.get(EXPERTS_TOTAL)})
+                     "tokens": list(lane.get(TOKENS_PER_EXPERT, [])), EXPERTS_TOTAL: lane.get(EXPERTS_TOTAL),
+                     TOP_K: lane.get(TOP_K)})
     if not rows:
         return None
     ks = [r["k"] for r in rows]
@@ -40,4 +40,5 @@ def moe_table(events: EventTable | Iterable[CallEvent]) -> dict[str, Any] | None
     return {"rows": rows, "summary": {"calls": len(rows), "k_min": min(ks), "k_max": max(ks),
                                       "k_mean": round(sum(ks) / len(ks), 3),
                                       "imbalance": round(max(ratios), 3) if ratios else None,
-                                      "experts_implementation": impls}}
+                                      "experts_implementation": impls,
+                                      TOP_K: sorted({r[TOP_K] for r in rows if r[TOP_K] is not None})}}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events.lanes import BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, STEP, STEP_KEYS
+from ..events.lanes import (BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, PHASE, STEP, STEP_KEYS,
+                            TOKENS_PER_EXPERT, TOP_K)
 from ..merge.loops import Loop, substitute
 
 
@@ -18,6 +19,38 @@ def name(address: str, class_name: str = "") -> str:
 
 def fmt_lane(lane: dict[str, Any]) -> str:
     return " ".join(f"{k}={value_text(v)}" for k, v in lane.items() if k not in STEP_KEYS)
+
+
+_SHOWN_ELSEWHERE = STEP_KEYS + (EXPERTS_HIT, TOKENS_PER_EXPERT, EXPERTS_TOTAL, TOP_K)
+
+
+def lane_summary(lanes: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> str:
+    """The lanes of a node's calls in one line, per phase when phases differ: a key with one value as `k=v`, integers
+    that vary as `k=lo..hi`, up to three other values as `k=a/b/c`; keys whose values vary more (expert ids, router
+    outputs) are left to the MoE table."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for lane in lanes:
+        groups.setdefault(lane.get(PHASE), []).append(lane)
+    parts: list[tuple[Any, str]] = []
+    for phase, group in groups.items():
+        keys = dict.fromkeys(k for lane in group for k in lane if k not in _SHOWN_ELSEWHERE + skip)
+        shown = [text for text in (_key_summary(k, [lane[k] for lane in group if k in lane]) for k in keys) if text]
+        if shown:
+            parts.append((phase, " ".join(shown)))
+    if len({text for _, text in parts}) == 1:
+        return parts[0][1]
+    return " | ".join((f"{phase}: " if phase else "") + text for phase, text in parts)
+
+
+def _key_summary(key: str, values: list[Any]) -> str:
+    texts = list(dict.fromkeys(value_text(v) for v in values))
+    if len(texts) == 1:
+        return f"{key}={texts[0]}"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return f"{key}={min(values)}..{max(values)}"
+    if len(texts) <= 3 and not any(isinstance(v, (list, dict)) for v in values):
+        return f"{key}={'/'.join(texts)}"
+    return ""
 
 
 def value_text(value: Any) -> str:
@@ -77,8 +110,9 @@ def short(loop: Loop, subs: Subs = (), steps: frozenset[int] | None = None) -> s
             if EXPERTS_HIT in lane and (steps is None or lane.get(STEP) in steps)]
     if hits and loop.kind == "call":  # a MoE call whose experts are not modules (the ledger lives in its lanes)
         k = str(hits[0]) if len(set(hits)) == 1 else f"{min(hits)}..{max(hits)}"
-        total = loop.lanes[0].get(EXPERTS_TOTAL)
-        return f"{address} (experts: select {k}" + (f" of {total})" if total is not None else ")")
+        total, top = loop.lanes[0].get(EXPERTS_TOTAL), loop.lanes[0].get(TOP_K)
+        return (f"{address} (experts: " + (f"top-{top} per token; " if top is not None else "") + f"{k}"
+                + (f" of {total}" if total is not None else "") + " experts hit per call)")
     if loop.kind == "call":
         return address
     if loop.kind == "parfor":
@@ -102,6 +136,34 @@ def _pick_lanes(loop: Loop) -> list[dict[str, Any]]:
     return out
 
 
+def steps_in_sequence(loop: Loop) -> str:
+    """For the loop over the session's steps (one step per member): that they run in sequence, and which is which."""
+    lanes = loop.lanes[: loop.bound]
+    if loop.kind != "parfor" or [lane.get(STEP) for lane in lanes] != list(range(loop.bound)):
+        return ""
+    phases: dict[str, list[int]] = {}
+    for lane in lanes:
+        phases.setdefault(str(lane.get(PHASE)), []).append(lane[STEP])
+    which = ", ".join(("step " if len(s) == 1 else "steps ") + f"{ranges(s)} {p}" for p, s in phases.items())
+    return f" in sequence (each step needs the previous one's output; {which})"
+
+
+def apart(loop: Loop, siblings: list[Loop]) -> str:
+    """Why a single member (`layers.0`) stands apart from the `for` over its container: the lane keys whose values
+    differ, or the class."""
+    container, _, index = loop.address.rpartition(".")
+    other = next((s for s in siblings if s.kind == "for" and s.container == container and index.isdigit()), None)
+    if loop.kind != "call" or other is None:
+        return ""
+    diffs = [f"class {loop.class_name}, there {other.class_name}"] if loop.class_name != other.class_name else []
+    for key in dict.fromkeys(k for lane in loop.lanes + other.lanes for k in lane if k not in _SHOWN_ELSEWHERE):
+        mine = {value_text(lane.get(key)) for lane in loop.lanes}
+        theirs = {value_text(lane.get(key)) for lane in other.lanes}
+        if not mine & theirs:
+            diffs.append(f"{key}={'/'.join(sorted(mine))}, there {'/'.join(sorted(theirs))}")
+    return f"  apart from {short(other)}: {'; '.join(diffs)}" if diffs else ""
+
+
 def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
     axis = f" axis={loop.axis}" if loop.axis else ""
     stage = f"  {{{loop.stage}}}" if loop.stage else ""
@@ -111,19 +173,22 @@ def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
     if loop.kind == "parfor":
         lanes = loop.lanes[: loop.bound]
         shown = " | ".join(fmt_lane(l) for l in lanes[:4]) + (" | ..." if len(lanes) > 4 else "")
-        return f"{line}{axis} [{shown}]{stage}"
+        return f"{line}{axis}{steps_in_sequence(loop)} [{shown}]{stage}"
     if loop.kind == "for":
-        vary = varying(loop)
-        return f"{line}{axis} ({loop.class_name}){' ' + vary if vary else ''}{stage}"
+        vary, summary = varying(loop), lane_summary(loop.lanes, tuple(loop.distinguish))
+        return (f"{line}{axis} ({loop.class_name}){' ' + vary if vary else ''}"
+                f"{' [' + summary + ']' if summary else ''}{stage}")
     if loop.kind == "select":
-        return (f"{line}{axis} ({len(loop.picks)} calls; ids ever picked [{ranges(loop.members)}]){stage}")
-    return f"{line}{stage}"
+        return (f"{line}{axis} ({len(loop.picks)} calls; ids ever picked [{ranges(loop.members)}]; select k = "
+                f"experts hit per call){stage}")
+    summary = lane_summary(loop.lanes)
+    return f"{line}{' [' + summary + ']' if summary else ''}{stage}"
 
 
 def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
     lines = []
     for loop in loops:
-        lines.append("  " * depth + headline(loop, subs, top=depth == 0))
+        lines.append("  " * depth + headline(loop, subs, top=depth == 0) + apart(loop, loops))
         many = len(loop.variants) > 1
         inner = member_subs(loop, subs)
         for v in loop.variants:

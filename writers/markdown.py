@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..report.notation import fmt_lane, loop_lines, ranges, value_text
 from ..report.schema import Report
+from .text import moe_line
 from .work import BOUND_HEADER, HEADER, bound_caption, bound_rows, caption, stage_rows, work_notes
 
 
@@ -28,10 +29,10 @@ def to_markdown(report: Report) -> str:
         lines += ["", "## Steps", ""] + _table(["step", "phase", "lane"],
                                                [[str(s["step"]), s["phase"], fmt_lane(s)] for s in report.steps])
     if report.moe:
-        lines += ["", "## MoE selection", ""] + _table(
-            ["node", "step", "k", "experts", "tokens per expert"],
-            [[r["address"], str(r["step"]), str(r["k"]), value_text(r["experts"]), value_text(r["tokens"])]
-             for r in report.moe["rows"]])
+        lines += ["", "## MoE selection", "", moe_line(report.moe["summary"]), ""] + _table(
+            ["node", "step", "top-k per token", "experts hit (k)", "experts", "tokens per expert", "tokens routed"],
+            [[r["address"], str(r["step"]), str(r.get("top_k", "")), str(r["k"]), value_text(r["experts"]),
+              value_text(r["tokens"]), str(sum(r["tokens"]))] for r in report.moe["rows"]])
     gemms = (report.probe or {}).get("gemms")
     if gemms:
         lines += ["", "## GEMM shapes in the probed steps (nn.Linear calls)", ""] + _table(

@@ -17,10 +17,13 @@ def stage_lines(report: Report) -> list[str]:
 
 
 def moe_line(summary: dict) -> str:
-    return (f"moe: {summary['calls']} MoE calls, k min {summary['k_min']} / mean {summary['k_mean']} / max "
-            f"{summary['k_max']}, expert-load imbalance (busiest expert / mean over all experts) "
-            f"{summary['imbalance']}" + (f", experts implementation {'/'.join(summary['experts_implementation'])}"
-                                         if summary["experts_implementation"] else ""))
+    top = "/".join(map(str, summary.get("top_k") or []))
+    return (f"moe: {summary['calls']} MoE calls" + (f", top-{top} experts per token" if top else "")
+            + f"; distinct experts hit per call (k) min {summary['k_min']} / mean {summary['k_mean']} / max "
+            f"{summary['k_max']}; expert-load imbalance {summary['imbalance']} (busiest expert's tokens / mean over "
+            "all experts, the largest over MoE layers, prefill and decode pooled)"
+            + (f"; experts implementation {'/'.join(summary['experts_implementation'])}"
+               if summary["experts_implementation"] else ""))
 
 
 def to_text(report: Report) -> str:

@@ -190,3 +190,18 @@ def test_docs_cited_in_the_tree_exist():
             headings = re.findall(r"^#+ (.+)$", (ROOT / file).read_text(encoding="utf-8"), re.M)
             slugs = {re.sub(r"[^\w -]", "", h).strip().lower().replace(" ", "-") for h in headings}
             assert anchor in slugs, ref
+
+
+def test_pixi_tasks_run_what_exists_and_leave_pip_alone():
+    """The Pixi tasks name scripts of this tree; the [tool.pixi] table is not what pip installs ([project] is)."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pixi = data["tool"]["pixi"]
+    assert {"trace", "test"} <= set(pixi["tasks"])
+    for name, command in pixi["tasks"].items():
+        words = command.split()
+        assert words[0] == "python", name
+        assert words[1] == "-m" or (ROOT / words[1]).is_file(), f"pixi task {name}: {words[1]} is missing"
+    assert pixi["pypi-dependencies"]["loopmeta"]["path"] == "."
+    assert "pixi" not in str(data["project"]) and "torch>=2.1" in data["project"]["dependencies"]

@@ -265,12 +265,13 @@ def builtin_session(request: SessionRequest) -> Session:
                            f"{transformers.__version__}. `pip install -U transformers` or pass --model.")
     if request.builtin not in SIZES:
         raise SessionError(f"no built-in size {request.builtin!r}: use one of {', '.join(SIZES)}")
-    model = build_model(request.builtin, dtype=getattr(torch, request.dtype or "float32")).to(request.device)
+    dtype = getattr(torch, request.dtype or "float32")
+    model = build_model(request.builtin, dtype=dtype).to(request.device)
     try:
         if request.experts_implementation:
             model.set_experts_implementation(request.experts_implementation)
         inputs = prepare_inputs(build_processor(), load_image(request.image),
-                                DEFAULT_PROMPT if request.prompt is None else request.prompt).to(request.device)
+                                DEFAULT_PROMPT if request.prompt is None else request.prompt, dtype).to(request.device)
     except (ValueError, KeyError, TypeError) as exc:
         raise SessionError(f"cannot prepare the built-in session: {exc}. Check --prompt (one <image> tag) and "
                            "--experts-implementation") from None

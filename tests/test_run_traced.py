@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from conftest import needs_transformers5, transformers_major
+
+from loopmeta.run_traced import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,3 +62,12 @@ def test_unwritable_output_folder(tmp_path, v1_sessions):
     done = run("--from-events", str(v1_sessions["base"]["path"]), "--out", str(blocker / "out"), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "cannot write the report to" in done.stderr and "--out" in done.stderr
+
+
+@pytest.mark.real_model
+def test_builtin_model_in_bfloat16(tmp_path):
+    """--dtype bfloat16 on the built-in model: the page's pixels follow the model's dtype (they once stayed float32
+    and the first convolution refused them)."""
+    pytest.importorskip("transformers.models.deepseek_ocr2")
+    assert main(["--out", str(tmp_path), "--no-torchlens", "--dtype", "bfloat16", "--max-new-tokens", "2"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["steps"][-1]["step"] == 1

@@ -100,10 +100,12 @@ def _auto_probe(config: ModelConfig, first: FirstCall, model: Any, steps: int) -
 
 def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | ModelConfig = "auto",
                   probe: Probe | str | None = None, events: str | Path | None = None,
-                  check_versions: bool = True, options: dict[str, Any] | None = None) -> tuple[Report, Any]:
+                  check_versions: bool = True, options: dict[str, Any] | None = None,
+                  profile: bool = False) -> tuple[Report, Any]:
     """Run `run()` instrumented, then trace `probe` with TorchLens and merge; return the checked report and what
     `run()` returned. `probe="auto"` repeats the session's first call of the config's probe method (`generate`),
-    shorter (prefill + three decode steps), as the config's `[session] probe` function says."""
+    shorter (prefill + three decode steps), as the config's `[session] probe` function says. `profile`: label each
+    recorded call of `run()` for torch.profiler (docs/profiling.md); the probe runs unlabelled."""
     if isinstance(probe, str) and probe != "auto":
         raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
     chosen = choose_config(model, config)
@@ -111,7 +113,8 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
     if probe == "auto" and not (spec.probe_method and spec.probe):
         raise ConfigError(f"config {chosen.name!r} declares no [session] probe_method and probe: pass "
                           "probe=Probe(...) or probe=None")
-    inst = Instrumentation(model, chosen, events=events, check_versions=check_versions, options=options)
+    inst = Instrumentation(model, chosen, events=events, check_versions=check_versions, options=options,
+                           profile=profile)
     first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
     with inst as recorder, (first or contextlib.nullcontext()):
         output = run()

@@ -96,6 +96,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "or one described in a TOML file (needs the TorchLens probe)")
     p.add_argument("--export", type=kinds, default=[], metavar="genz,llm-viewer,csv",
                    help="write files for analytic simulators into the output folder (needs the TorchLens probe)")
+    p.add_argument("--no-svg", action="store_true",
+                   help="do not draw the loop nest (report.svg, which needs graphviz's dot program)")
+    p.add_argument("--no-html", action="store_true",
+                   help="write no report.html (one self-contained page: drawing, tables, charts)")
+    p.add_argument("--no-trace", action="store_true",
+                   help="write no trace.json (the recorded calls as a Perfetto / chrome://tracing timeline)")
+    p.add_argument("--profile", action="store_true",
+                   help="run the session under torch.profiler with each recorded call labelled: writes profile.json "
+                        "(the profiler's trace) and profile.csv (host time per stage and step); docs/profiling.md")
     p.add_argument("--out", type=Path, default=Path("loopmeta-out"), help="output folder (default loopmeta-out)")
     return p.parse_args(argv)
 
@@ -167,6 +176,8 @@ def run(args: argparse.Namespace, console: Any) -> int:
 
     if (args.hardware or args.export) and args.no_torchlens:
         raise SessionError("--hardware and --export need the TorchLens probe's work: drop --no-torchlens")
+    if args.profile and args.from_events is not None:
+        raise SessionError("--profile needs a model run: drop --from-events")
     if args.hardware:
         from loopmeta.work.roofline import load_hardware
 
@@ -176,9 +187,11 @@ def run(args: argparse.Namespace, console: Any) -> int:
         if args.hardware or args.export:
             carry_work(report, args.from_events.parent / "report.json")
         extras = add_work_outputs(report, args)
-        paths = write_report(report, args.out)
+        paths = write_report(report, args.out, svg=not args.no_svg, html=not args.no_html)
+        extras += time_outputs(args, args.from_events)
         print(to_text(report))
         console.print("wrote " + ", ".join(str(p) for p in [*paths.values(), *extras]))
+        note_missing_svg(args, console)
         return 0
     check_device(args.device)
     with console.status("building the model and inputs"):
@@ -188,15 +201,26 @@ def run(args: argparse.Namespace, console: Any) -> int:
     with console.status("running the instrumented session" + ("" if args.no_torchlens else
                                                                ", then the TorchLens probe (prefill + 3 steps)")), \
             session.context():
-        report, _ = trace_session(session.model, session.run, config=config, events=events,
+        report, _ = trace_session(session.model, profiled_run(session.run, args), config=config, events=events,
                                   probe=None if args.no_torchlens else "auto",
                                   check_versions=not args.ignore_version_pins,
-                                  options=dict(args.option))
+                                  options=dict(args.option), profile=args.profile)
     extras = add_work_outputs(report, args)
-    paths = write_report(report, args.out)
+    paths = write_report(report, args.out, svg=not args.no_svg, html=not args.no_html)
+    extras += time_outputs(args, events)
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
+    note_missing_svg(args, console)
     return 0
+
+
+def note_missing_svg(args: argparse.Namespace, console: Any) -> None:
+    """Say why report.svg was not written when the drawing was asked for and cannot be made here."""
+    from loopmeta.writers.svg import svg_missing_reason
+
+    reason = None if args.no_svg else svg_missing_reason()
+    if reason:
+        console.print(f"note: {reason}", markup=False, highlight=False)
 
 
 def carry_work(report: Any, saved: Path) -> None:
@@ -227,6 +251,29 @@ def add_work_outputs(report: Any, args: argparse.Namespace) -> list[Path]:
     if args.hardware is not None:
         report.work["roofline"] = roofline(report.work, phases, args.hardware)
     return export(report.work, phases, args.export, args.out, args.hardware)
+
+
+def profiled_run(run: Any, args: argparse.Namespace) -> Any:
+    """The session's run, under torch.profiler when --profile asks (its trace goes to profile.json)."""
+    if not args.profile:
+        return run
+    from loopmeta.traces.profile import profiled
+
+    return profiled(run, args.out / "profile.json", cuda=args.device.startswith("cuda"))
+
+
+def time_outputs(args: argparse.Namespace, events: Path) -> list[Path]:
+    """trace.json from the events (unless --no-trace; none for a stream without call times) and, with --profile,
+    profile.json and the table of its labels, profile.csv; their paths."""
+    from loopmeta.traces.chrome import write_trace
+
+    written = [] if args.no_trace else [write_trace(events, args.out / "trace.json")]
+    if args.profile:
+        from loopmeta.traces.profile import profile_table, write_table
+
+        written += [args.out / "profile.json", write_table(profile_table(args.out / "profile.json"),
+                                                           args.out / "profile.csv")]
+    return [p for p in written if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:

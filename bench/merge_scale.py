@@ -1,11 +1,11 @@
 """Merge throughput and memory from 10^4 to 10^7 events: a benchmark, not a test.
 
 One real session is recorded first (the built-in tiny DeepSeek-OCR 2, a 640x480 page, `generate` of 16 tokens,
-events-only). Streams of each size are then made from it, as version-4 events files: its prefill, followed by copies
-of one recorded decode step (steps, call indices and seqs renumbered; lanes, shapes and parents kept). Each size is
-merged in a fresh process (`read_events` + `session_report`: reading, checking, loop inference, the MoE ledger and
-the exactness check), which prints its wall time and its peak resident memory (sampled every 2 ms) above its
-resident memory before reading; the table shows us/event and bytes/event per size.
+events-only). Streams of each size are then made from it, as version-5 events files: its prefill, followed by copies
+of one recorded decode step (steps, call indices, seqs and times renumbered; lanes, shapes and parents kept). Each
+size is merged in a fresh process (`read_events` + `session_report`: reading, checking, loop inference, the MoE
+ledger and the exactness check), which prints its wall time and its peak resident memory (sampled every 2 ms)
+above its resident memory before reading; the table shows us/event and bytes/event per size.
 
     python bench/merge_scale.py                          # 1e4 1e5 1e6
     python bench/merge_scale.py --sizes 1e4 1e5 1e6 1e7  # 1e7 writes a ~0.5 GB file and takes a few minutes
@@ -44,11 +44,11 @@ def record(path: Path, new_tokens: int) -> None:
 def synthesize(source: Path, target: Path, events: int) -> int:
     """A stream of about `events` calls: the source's prefill, then copies of its decode step 1."""
     from loopmeta.events.stream import EventWriter, read_events
-    from loopmeta.events.table import NO_PARENT, ROW
+    from loopmeta.events.table import NO_PARENT
 
     header, table, end = read_events(source)
     c = table.columns
-    rows = [tuple(c[name][r] for name in ROW) + (None,) for r in range(len(table))]  # in finish order
+    rows = [tuple(c[name][r] for name in table.names) + (None,) for r in range(len(table))]  # in finish order
     prefill = [row for row in rows if row[1] == 0]
     step = [row for row in rows if row[1] == 1]
     calls_per_step: dict[int, int] = {}
@@ -58,11 +58,13 @@ def synthesize(source: Path, target: Path, events: int) -> int:
     writer.open(header, table.nodes)
     writer.write_calls(table, prefill)
     done, k = len(prefill), 0
+    span = max(row[11] for row in step) - min(row[10] for row in step)  # a step's time, from its first start
     while done < events:
-        shift = k * len(step)
+        shift, later = k * len(step), k * span
         batch = [(seq + shift, 1 + k, phase, node, index + k * calls_per_step[node],
-                  parent if parent == NO_PARENT else parent + shift, lane, inputs, outputs, None)
-                 for seq, _, phase, node, index, parent, lane, inputs, outputs, _ in step]
+                  parent if parent == NO_PARENT else parent + shift, lane, inputs, outputs, thread, start + later,
+                  stop + later, None)
+                 for seq, _, phase, node, index, parent, lane, inputs, outputs, thread, start, stop, _ in step]
         writer.write_calls(table, batch)
         done += len(batch)
         k += 1

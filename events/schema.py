@@ -4,6 +4,8 @@
 Invariants: `call_index` is 1-based per address over the whole session (TorchLens's `address:k` numbering);
 `seq` is the 0-based order in which calls *started*; `parent` is the innermost instrumented call that was running
 when this call started; the root module's address is "". Lane keys shared between parts: `events/lanes.py`.
+When and on which thread a call ran (version 5) lives in the `EventTable` only (events/table.py `CLOCK`), never in a
+`CallEvent`: nothing built from events (the report) can depend on it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = "loopmeta.events"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class TensorMeta:
 class SessionHeader:
     """`container_sizes`: members of each container whose members run as a data-dependent selection (the M of
     `select k of M`); `versions`: the packages the config depends on, and torch; `step_role`: the role whose
-    calls start the steps (None when the config has no step target)."""
+    calls start the steps (None when the config has no step target); `time_origin_ns`: the wall-clock time (Unix ns)
+    of the session's clock origin, the instant the call times of version 5 count from (None before version 5)."""
 
     session: str
     config: str
@@ -37,6 +40,7 @@ class SessionHeader:
     versions: dict[str, str]
     container_sizes: dict[str, int] = field(default_factory=dict)
     step_role: str | None = None
+    time_origin_ns: int | None = None
     schema: str = SCHEMA
     version: int = SCHEMA_VERSION
 

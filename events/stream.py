@@ -1,13 +1,14 @@
-"""The JSONL events file. Version 4 (written): line 1 is the `SessionHeader` (`"kind": "header"`), then one
-`"kind": "node"` line per instrumented module, then batches: the lanes and tensor lists first seen in the batch
-(`"kind": "lane"`, `"kind": "tensors"`, numbered from 0 in order) and one `"kind": "calls"` line of rows
-(events/table.py `ROW`, then the error name or null). The recorder writes a batch at each step start, every few
-thousand calls and at the end, and flushes it; the last line is the `SessionEnd` (`"kind": "end"`). A kill -9
-loses at most the calls of the batch in progress; the missing end record (and a last line written in part, which
-is dropped) says the stream was cut.
+"""The JSONL events file. Version 5 (written): line 1 is the `SessionHeader` (`"kind": "header"`), then one
+`"kind": "node"` line per instrumented module, then batches: the lanes, tensor lists and threads first seen in the
+batch (`"kind": "lane"`, `"kind": "tensors"`, `"kind": "thread"`, numbered from 0 in order) and one `"kind": "calls"`
+line of rows (events/table.py `ROW`, then `CLOCK`: thread, start and end ns, then the error name or null). The
+recorder writes a batch at each step start, every few thousand calls and at the end, and flushes it; the last line
+is the `SessionEnd` (`"kind": "end"`). A kill -9 loses at most the calls of the batch in progress; the missing end
+record (and a last line written in part, which is dropped) says the stream was cut.
 
-Version 3 (one `"kind": "call"` object per call) is still read. `read_events` validates every line, names the first
-bad one, and checks the end record's counts against what it read.
+Version 4 (the same without threads and `CLOCK`: no call times) and version 3 (one `"kind": "call"` object per
+call) are still read, as before. `read_events` validates every line, names the first bad one, and checks the end
+record's counts against what it read.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from ..errors import EventFileError
 from .lanes import PHASES
 from .schema import ENDINGS, SCHEMA, SCHEMA_VERSION, CallEvent, SessionEnd, SessionHeader, TensorMeta
 from . import v3
-from .table import NO_PARENT, ROW, EventTable, NodeInfo
+from .table import NO_PARENT, EventTable, NodeInfo, ThreadInfo
 
-READABLE = (3, SCHEMA_VERSION)
+READABLE = (3, 4, SCHEMA_VERSION)
+TIMED = 5
+"""The first version whose calls carry their thread and times (events/table.py `CLOCK`)."""
 _KINDS = {SessionHeader: "header", SessionEnd: "end"}
 
 
@@ -44,7 +47,8 @@ def _dumps(data: dict[str, Any]) -> str:
 
 
 def dump_line(obj: SessionHeader | SessionEnd) -> str:
-    """The line of a header or an end record (the same in versions 3 and 4)."""
+    """The line of a header or an end record (the same in versions 3 to 5; a header of version 5 has its
+    `time_origin_ns`)."""
     return json.dumps({**jsonable(obj), "kind": _KINDS[type(obj)]}, separators=(",", ":"))
 
 
@@ -55,7 +59,7 @@ class EventWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fh: IO[str] | None = None
-        self._lanes = self._tensors = 0  # table entries written so far
+        self._lanes = self._tensors = self._threads = 0  # table entries written so far
 
     def open(self, header: SessionHeader, nodes: Sequence[NodeInfo]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,14 +68,17 @@ class EventWriter:
                                               for i, n in enumerate(nodes)))
 
     def write_calls(self, table: EventTable, rows: list[tuple]) -> None:
-        lanes, tensors = len(table.lanes), len(table.tensors)  # read once: another thread may add more meanwhile
+        lanes, tensors, threads = len(table.lanes), len(table.tensors), len(table.threads)  # read once: another
+        # thread may add more meanwhile
         lines = [_dumps({"kind": "lane", "id": i, "lane": table.lanes[i]}) for i in range(self._lanes, lanes)]
         lines += [_dumps({"kind": "tensors", "id": i, "tensors": [[m.name, list(m.shape), m.dtype, m.device]
                                                                   for m in table.tensors[i]]})
                   for i in range(self._tensors, tensors)]
+        lines += [_dumps({"kind": "thread", "id": i, **dataclasses.asdict(table.threads[i])})
+                  for i in range(self._threads, threads)]
         lines.append(_dumps({"kind": "calls", "rows": rows}))
         self._put("".join(lines))
-        self._lanes, self._tensors = lanes, tensors
+        self._lanes, self._tensors, self._threads = lanes, tensors, threads
 
     def write_end(self, end: SessionEnd) -> None:
         self._put(dump_line(end) + "\n")
@@ -99,10 +106,14 @@ def _header_from_dict(data: dict[str, Any], where: str) -> SessionHeader:
         raise EventFileError(f"{where}: bad header: container_sizes must map containers to ints, got {sizes!r}")
     if step_role is not None and not isinstance(step_role, str):
         raise EventFileError(f"{where}: bad header: step_role must be a string or null, got {step_role!r}")
+    origin = data.get("time_origin_ns") if data["version"] >= TIMED else None
+    if data["version"] >= TIMED and type(origin) is not int:
+        raise EventFileError(f"{where}: bad header: time_origin_ns must be an int (Unix ns), got {origin!r}")
     try:
         return SessionHeader(session=str(data["session"]), config=str(data["config"]),
                              model_class=str(data["model_class"]), versions=dict(data["versions"]),
-                             container_sizes=dict(sizes), step_role=step_role, version=data["version"])
+                             container_sizes=dict(sizes), step_role=step_role, time_origin_ns=origin,
+                             version=data["version"])
     except (KeyError, TypeError, ValueError) as exc:
         raise EventFileError(f"{where}: bad header ({exc!r})") from None
 
@@ -187,11 +198,12 @@ _NODE_KEYS = {"kind", "id", "address", "class_name", "role", "stage"}
 
 
 class _Version4:
-    """Definitions and batches of rows into an `EventTable`. Each calls line is checked when read: rows of ints
-    (no booleans), every id naming a definition read before it, every value in its range."""
+    """Definitions and batches of rows into an `EventTable` (versions 4 and 5; a version-5 table is timed). Each
+    calls line is checked when read: rows of ints (no booleans), every id naming a definition read before it, every
+    value in its range, no call ending before it starts."""
 
     def __init__(self, header: SessionHeader):
-        self.table = EventTable(header.session)
+        self.table = EventTable(header.session, timed=header.version >= TIMED)
         self.addresses: set[str] = set()
 
     def add(self, data: dict[str, Any], where: str, line: str) -> None:
@@ -199,9 +211,11 @@ class _Version4:
         if kind == "calls":
             self._rows(data.get("rows"), where, "true" in line or "false" in line)
             return
-        listing = {"node": t.nodes, "lane": t.lanes, "tensors": t.tensors}.get(kind)
+        listing = {"node": t.nodes, "lane": t.lanes, "tensors": t.tensors,
+                   **({"thread": t.threads} if t.timed else {})}.get(kind)
         if listing is None:
-            raise EventFileError(f"{where}: expected kind node, lane, tensors, calls or end, got {kind!r}")
+            raise EventFileError(f"{where}: expected kind node, lane, tensors, {'thread, ' if t.timed else ''}calls or "
+                                 f"end, got {kind!r}")
         if data.get("id") != len(listing):
             raise EventFileError(f"{where}: {kind} id {data.get('id')!r}, expected {len(listing)} (ids count up from "
                                  "0)")
@@ -224,6 +238,10 @@ class _Version4:
             if not isinstance(data["lane"], dict):
                 raise TypeError("lane must be an object")
             return data["lane"]
+        if kind == "thread":
+            if set(data) != {"kind", "id", "native_id", "name"} or type(data["native_id"]) is not int:
+                raise ValueError("needs exactly kind, id, native_id (an int), name")
+            return ThreadInfo(data["native_id"], str(data["name"]))
         out = []
         for name, shape, dtype, device in data["tensors"]:
             if not all(type(d) is int for d in shape):
@@ -232,9 +250,10 @@ class _Version4:
         return tuple(out)
 
     def _rows(self, rows: Any, where: str, maybe_bools: bool) -> None:
-        width = len(ROW) + 1
+        names = self.table.names
+        width = len(names) + 1
         if not isinstance(rows, list) or not all(type(r) is list and len(r) == width for r in rows):
-            raise EventFileError(f"{where}: calls rows must be lists of {width} values ({', '.join(ROW)}, error)")
+            raise EventFileError(f"{where}: calls rows must be lists of {width} values ({', '.join(names)}, error)")
         errors = [r[-1] for r in rows if r[-1] is not None]
         if not all(isinstance(e, str) for e in errors):
             raise EventFileError(f"{where}: a row's error must be a string or null")
@@ -248,6 +267,12 @@ class _Version4:
         limits = {"seq": (0, None), "step": (0, None), "phase": (0, len(PHASES)), "node": (0, len(t.nodes)),
                   "call_index": (1, None), "parent": (NO_PARENT, None), "lane": (0, len(t.lanes)),
                   "inputs": (0, len(t.tensors)), "outputs": (0, len(t.tensors))}
+        if t.timed:
+            limits |= {"thread": (0, len(t.threads)), "start": (0, None), "end": (0, None)}
+            late = next((i for i, (s, e) in enumerate(zip(t.columns["start"][first:], t.columns["end"][first:]))
+                         if e < s), None)
+            if late is not None:
+                raise EventFileError(f"{where}: row {late} ends before it starts (end < start)")
         for name, (low, high) in limits.items():
             values = t.columns[name][first:]
             if values and (min(values) < low or (high is not None and max(values) >= high)):

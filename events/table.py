@@ -4,6 +4,8 @@ A call is one row of ints (`ROW`): its start order `seq`, `step`, `phase` (index
 into `nodes`: address, class, role, stage), `call_index`, `parent` (the seq of the parent call, -1 for none), `lane`
 (index into `lanes`), `inputs` and `outputs` (indices into `tensors`), plus an error name for the rare call that
 raised. Lanes and tensor lists are interned: a decode step repeats the same few, so a call costs about 80 bytes.
+A timed table (what the recorder keeps, version 5) adds the `CLOCK` columns: the thread that ran the call (index into
+`threads`) and its start and end, about 24 bytes more.
 
 Invariants: rows are kept in the order calls finished; ids index tables that only grow; `lanes[i]` and
 `tensors[i]` are never changed once added (readers share them). `event(i)` rebuilds the `CallEvent` of row i.
@@ -29,6 +31,10 @@ from .schema import CallEvent, TensorMeta
 
 ROW = ("seq", "step", "phase", "node", "call_index", "parent", "lane", "inputs", "outputs")
 """The int columns of a call, in row order (an events-file row adds the error name or null)."""
+CLOCK = ("thread", "start", "end")
+"""The int columns a timed table adds after `ROW`: `thread` (index into `threads`), and `start` and `end`, the ns of
+`time.perf_counter_ns` from the session's clock origin (`SessionHeader.time_origin_ns`) to the call's start and end.
+On one thread calls nest: a call starts after and ends before its parent. Never read by the report."""
 NO_PARENT = -1
 LOST_PARENT = -2
 """A version-3 call whose parent call has no event (the stream was cut inside it)."""
@@ -44,6 +50,15 @@ class NodeInfo:
     stage: str | None
 
 
+@dataclass(frozen=True)
+class ThreadInfo:
+    """A thread that ran recorded calls: its operating-system id (what profilers show as tid) and its name. A thread
+    that ends and a later one that Python gives the same ident share one entry (they never overlap in time)."""
+
+    native_id: int
+    name: str
+
+
 def lane_key(lane: dict[str, Any]) -> Any:
     """A hashable key, equal only for lanes equal as JSON (`1`, `1.0` and `true` differ): keys, value types and values,
     or the `repr` when a value is a list or a dict (exact for plain JSON values; key order counts, which only makes
@@ -55,21 +70,28 @@ def lane_key(lane: dict[str, Any]) -> Any:
 
 
 class EventTable:
-    """The calls of one session in columns, with interned nodes, lanes and tensor lists."""
+    """The calls of one session in columns, with interned nodes, lanes and tensor lists; `timed`: with the `CLOCK`
+    columns and their `threads`."""
 
-    def __init__(self, session: str = "") -> None:
+    def __init__(self, session: str = "", timed: bool = False) -> None:
         self.session = session
+        self.names = ROW + CLOCK if timed else ROW
         self.nodes: list[NodeInfo] = []
+        self.threads: list[ThreadInfo] = []
         self.lanes: list[dict[str, Any]] = []
         self.tensors: list[tuple[TensorMeta, ...]] = []
         self.errors: dict[int, str] = {}  # row -> type name of the exception the call raised
         self.lost_parents: dict[int, tuple[str, int]] = {}  # row -> the (address, call) a version-3 event names
-        self.columns: dict[str, array] = {name: array("q") for name in ROW}
+        self.columns: dict[str, array] = {name: array("q") for name in self.names}
         self._lane_ids: dict[Any, int] = {}
         self._seq_rows: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.columns["seq"])
+
+    @property
+    def timed(self) -> bool:
+        return self.names != ROW
 
     # --- building ---------------------------------------------------------------------------------------------
     def lane_id(self, lane: dict[str, Any]) -> int | None:
@@ -86,13 +108,14 @@ class EventTable:
         return found
 
     def extend(self, rows: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
-        """Append rows of `len(ROW)` ints, each optionally followed by an error name (or None)."""
+        """Append rows of `len(self.names)` ints, each optionally followed by an error name (or None)."""
         start = len(self) if first_row is None else first_row
+        names = self.names
         columns = list(zip(*rows))
-        for name, values in zip(ROW, columns):
+        for name, values in zip(names, columns):
             self.columns[name].extend(values)
-        if len(columns) > len(ROW) and columns[len(ROW)].count(None) != len(rows):
-            self.errors.update((start + i, e) for i, e in enumerate(columns[len(ROW)]) if e is not None)
+        if len(columns) > len(names) and columns[len(names)].count(None) != len(rows):
+            self.errors.update((start + i, e) for i, e in enumerate(columns[len(names)]) if e is not None)
         self._seq_rows = None
 
     @classmethod
@@ -126,10 +149,10 @@ class EventTable:
 
     def subset(self, rows: Iterable[int]) -> EventTable:
         """A table of some rows (in the given order), sharing the interned tables."""
-        out = EventTable(self.session)
-        out.nodes, out.lanes, out.tensors = self.nodes, self.lanes, self.tensors
+        out = EventTable(self.session, self.timed)
+        out.nodes, out.lanes, out.tensors, out.threads = self.nodes, self.lanes, self.tensors, self.threads
         kept = list(rows)
-        for name in ROW:
+        for name in self.names:
             column = self.columns[name]
             out.columns[name] = array("q", (column[r] for r in kept))
         out.errors = {i: self.errors[r] for i, r in enumerate(kept) if r in self.errors}

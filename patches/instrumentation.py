@@ -29,6 +29,7 @@ from ..events.schema import SessionHeader
 from ..events.table import NodeInfo
 from ..model_configs.config import ModelConfig, detect_config, load_config
 from . import engine
+from .profiling import ProfilingRecorder
 from .recorder import Recorder
 
 log = logging.getLogger("loopmeta")
@@ -122,11 +123,13 @@ def choose_config(model: Any, config: str | Path | ModelConfig) -> ModelConfig:
 class Instrumentation:
     """One model, one session. Use as a context manager (patches on entry, restores on exit) or call
     `instrument()` / `uninstrument()`. `config` is "auto" (by the model's class), a built-in name, a .toml path or a
-    loaded `ModelConfig`; `events` an optional JSONL path; `options` reach extractors as `call.state["options"]`."""
+    loaded `ModelConfig`; `events` an optional JSONL path; `options` reach extractors as `call.state["options"]`;
+    `profile`: label every recorded call for torch.profiler (patches/profiling.py; off by default)."""
 
     def __init__(self, model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,
-                 check_versions: bool = True, options: dict[str, Any] | None = None):
+                 check_versions: bool = True, options: dict[str, Any] | None = None, profile: bool = False):
         self.model = model
+        self.profile = profile
         self.requested_config = config
         self.events_path = events
         self.check_versions = check_versions
@@ -178,8 +181,8 @@ class Instrumentation:
                                                 for c in selected},
                                step_role=config.step_target.role if config.step_target else None)
         try:
-            recorder = Recorder(header, [NodeInfo(b.address, type(b.module).__name__, b.target.role, b.target.stage)
-                                         for b in bindings], self.events_path, self.options)
+            nodes = [NodeInfo(b.address, type(b.module).__name__, b.target.role, b.target.stage) for b in bindings]
+            recorder = (ProfilingRecorder if self.profile else Recorder)(header, nodes, self.events_path, self.options)
         except OSError as exc:
             raise InstrumentationError(f"cannot write the events file {self.events_path}: {exc.strerror or exc}. "
                                        "Pass a file path in a folder you can write (--out).") from None
@@ -227,10 +230,12 @@ class Instrumentation:
 
 
 def instrument(model: Any, config: str | Path | ModelConfig = "auto", *, events: str | Path | None = None,
-               check_versions: bool = True, options: dict[str, Any] | None = None) -> Instrumentation:
+               check_versions: bool = True, options: dict[str, Any] | None = None,
+               profile: bool = False) -> Instrumentation:
     """Instrument `model` now and return its `Instrumentation`: use it as a context manager
     (`with instrument(m) as recorder:`) or call `uninstrument(m)` later."""
-    inst = Instrumentation(model, config, events=events, check_versions=check_versions, options=options)
+    inst = Instrumentation(model, config, events=events, check_versions=check_versions, options=options,
+                           profile=profile)
     inst.instrument()
     return inst
 

@@ -8,15 +8,20 @@ Wrappers only read shapes, dtypes, devices and Python values. Nothing the record
 an extractor that raises or returns something that is not plain JSON marks its event (`extract_error`); a failed
 write of the events file stops the file, keeps every event in memory and warns once (`write_failed`); any other
 internal failure is kept in `faults`, and a session with faults gets no report.
+Each row carries the recording thread and the call's start and end (`time.perf_counter_ns` from the session's clock
+origin, taken when the recorder is made): the start just before the forward runs, the end as soon as it returns, so
+on one thread a call's interval lies inside its parent's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 import json
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -25,13 +30,15 @@ from ..common.tensors import call_leaves, tensor_leaves
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
-from ..events.table import NO_PARENT, EventTable, NodeInfo
+from ..events.table import NO_PARENT, EventTable, NodeInfo, ThreadInfo
 
 FLUSH_ROWS = 4096
 """Calls kept pending at most: they move to the table (and the events file) when a step starts, when a call outside
 any other (a step) ends, at this count and at the end, so a kill -9 loses at most calls still running and the
 finished calls inside them (fewer than FLUSH_ROWS)."""
 _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
+_now = time.perf_counter_ns
+_thread = threading.get_ident
 
 
 def tensor_key(leaves: list[tuple[str, Any]]) -> tuple[tuple[Any, ...], ...]:
@@ -72,10 +79,12 @@ class Call:
     """One running call, handed to extractors: `lane` is filled by `on_enter`, then by `on_exit`; `children` are the
     finished calls it made so far (their `address`, `index`, `role`, `stage`, `lane`); `inputs` are the
     (name, shape, dtype, device) of its tensor arguments, read when it started, before the forward could change them.
-    A finished call drops its arguments, module and children, so it never keeps a tensor or a subtree alive."""
+    A finished call drops its arguments, module and children, so it never keeps a tensor or a subtree alive. `start`:
+    ns from the session's clock origin to the start of its forward; `label`: its profiler label while it runs, when
+    the session profiles (patches/profiling.py)."""
 
     __slots__ = ("address", "index", "seq", "step", "phase", "role", "stage", "module", "forward", "args", "kwargs",
-                 "parent", "state", "lane", "children", "inputs", "node")
+                 "parent", "state", "lane", "children", "inputs", "node", "start", "label")
 
     def __init__(self, address: str, index: int, seq: int, step: int, phase: str, role: str, stage: str | None,
                  module: Any, forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None,
@@ -109,10 +118,12 @@ class Recorder:
 
     def __init__(self, header: SessionHeader, nodes: list[NodeInfo], events_path: str | Path | None = None,
                  options: dict[str, Any] | None = None):
-        self.header = header
+        self._origin = _now()
+        self.header = dataclasses.replace(header, time_origin_ns=time.time_ns())
         self.session = header.session
-        self._table = EventTable(header.session)
+        self._table = EventTable(header.session, timed=True)
         self._table.nodes.extend(nodes)
+        self._threads: dict[int, int] = {}  # threading.get_ident() -> index into the table's threads
         self.faults: list[str] = []
         self.write_failed: str | None = None
         self.end: SessionEnd | None = None
@@ -128,7 +139,7 @@ class Recorder:
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
         if self._writer:
-            self._writer.open(header, nodes)
+            self._writer.open(self.header, nodes)
 
     @property
     def table(self) -> EventTable:
@@ -171,18 +182,25 @@ class Recorder:
                                      f"{call.address}:{call.index}: the step extractor gave phase {phase!r}")
                 phase = lanes.PREFILL if step == 0 else lanes.DECODE
             self._phase = call.phase = phase
+        call.start = _now() - self._origin
         return call, self._stack.set(call)
 
     def exit(self, call: Call, token: contextvars.Token, result: Any, error: BaseException | None,
              on_exit: Callable[..., Any] | None) -> None:
+        end = _now() - self._origin
         self._stack.reset(token)
         if error is None and on_exit is not None:
             self._extract(call, on_exit, result)
         parent = call.parent
         outputs = tensor_key(tensor_leaves(result)) if error is None else ()
+        try:
+            thread = self._threads[_thread()]
+        except KeyError:
+            thread = self._thread_id()
         row = (call.seq, call.step, _PHASE_CODES[call.phase], call.node, call.index,
                NO_PARENT if parent is None else parent.seq, self._lane_id(call), self._tensors_id(call.inputs),
-               self._tensors_id(outputs), None if error is None else type(error).__name__)
+               self._tensors_id(outputs), thread, call.start, end,
+               None if error is None else type(error).__name__)
         call.args, call.kwargs, call.children, call.module, call.forward = (), {}, [], None, None
         if parent is not None:
             parent.children.append(call)
@@ -221,6 +239,15 @@ class Recorder:
                 found = self._tensor_ids.setdefault(key, len(tensors))
                 if found == len(tensors):
                     tensors.append(metas)
+        return found
+
+    def _thread_id(self) -> int:
+        """The table's id of the calling thread, added on its first call."""
+        with self._lock:
+            threads = self._table.threads
+            found = self._threads.setdefault(_thread(), len(threads))
+            if found == len(threads):
+                threads.append(ThreadInfo(threading.get_native_id(), threading.current_thread().name))
         return found
 
     def flush(self) -> None:

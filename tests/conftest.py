@@ -155,6 +155,27 @@ def as_version3(path: Path) -> Path:
     return path
 
 
+def as_version4(path: Path) -> Path:
+    """Rewrite an events file in version 4 (rows without the thread and times of version 5), the format loopmeta
+    wrote before call times: it is still read as before."""
+    import dataclasses
+
+    from loopmeta.events.stream import EventWriter, read_events
+    from loopmeta.events.table import ROW, EventTable
+
+    header, table, end = read_events(path)
+    untimed = EventTable(table.session)
+    untimed.lanes, untimed.tensors = table.lanes, table.tensors
+    rows = [tuple(table.columns[name][r] for name in ROW) + (table.errors.get(r),) for r in range(len(table))]
+    writer = EventWriter(path)
+    writer.open(dataclasses.replace(header, version=4, time_origin_ns=None), table.nodes)
+    writer.write_calls(untimed, rows)
+    if end is not None:
+        writer.write_end(end)
+    writer.close()
+    return path
+
+
 def lines_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

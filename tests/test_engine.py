@@ -13,7 +13,7 @@ from loopmeta.events import read_events
 from loopmeta.model_configs import load_config
 from loopmeta.patches import instrument, is_instrumented, uninstrument
 from loopmeta.patches import instrumentation
-from conftest import TensorOps, as_version3
+from conftest import TensorOps, as_version3, as_version4
 from stubs.deepseek_ocr_v1 import MODES, load_stub_model
 
 MISSING = object()
@@ -180,26 +180,36 @@ def _first(lines: list[str], kind: str) -> int:
 
 
 @pytest.mark.parametrize("version, mutate, message", [
-    (4, lambda lines: ["not json"] + lines[1:], "not JSON"),
-    (4, lambda lines: [json.dumps({**json.loads(lines[0]), "version": 99})] + lines[1:], "schema version 99"),
-    (4, lambda lines: lines[1:], "first line must be a loopmeta.events header"),
-    (4, lambda lines: [], "empty file"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:-1]), "rows must be lists of 10 values"),
-    (4, lambda lines: _calls_line(lines, lambda row: [1.5] + row[1:]), "rows must hold ints"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:2] + [7] + row[3:]), "has phase 7, outside"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:4] + [0] + row[5:]), "has call_index 0, outside"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:3] + [999] + row[4:]), "has node 999, outside"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:9] + [7]), "error must be a string or null"),
-    (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "lane")], "lane id 1, expected 0"),
-    (4, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "node")], "node id 1, expected 0"),
-    (4, lambda lines: lines[:1] + [json.dumps({"kind": "call"})] + lines[1:], "expected kind node, lane"),
-    (4, lambda lines: _calls_line(lines, lambda row: row[:6] + [True] + row[7:]), "not true or false"),
-    (4, lambda lines: _later(lines, "lane"), "has lane 0, outside .*: no lane record before it"),
-    (4, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[1]), "id": len(lines)})] + lines[2:],
+    (5, lambda lines: ["not json"] + lines[1:], "not JSON"),
+    (5, lambda lines: [json.dumps({**json.loads(lines[0]), "version": 99})] + lines[1:], "schema version 99"),
+    (5, lambda lines: lines[1:], "first line must be a loopmeta.events header"),
+    (5, lambda lines: [], "empty file"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:-1]), "rows must be lists of 13 values"),
+    (5, lambda lines: _calls_line(lines, lambda row: [1.5] + row[1:]), "rows must hold ints"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:2] + [7] + row[3:]), "has phase 7, outside"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:4] + [0] + row[5:]), "has call_index 0, outside"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:3] + [999] + row[4:]), "has node 999, outside"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:-1] + [7]), "error must be a string or null"),
+    (5, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "lane")], "lane id 1, expected 0"),
+    (5, lambda lines: [line for i, line in enumerate(lines) if i != _first(lines, "node")], "node id 1, expected 0"),
+    (5, lambda lines: lines[:1] + [json.dumps({"kind": "call"})] + lines[1:], "expected kind node, lane"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:6] + [True] + row[7:]), "not true or false"),
+    (5, lambda lines: _later(lines, "lane"), "has lane 0, outside .*: no lane record before it"),
+    (5, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[1]), "id": len(lines)})] + lines[2:],
      "node id"),
-    (4, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[2]), "id": 1, "address": json.loads(lines[1])[
+    (5, lambda lines: lines[:2] + [json.dumps({**json.loads(lines[2]), "id": 1, "address": json.loads(lines[1])[
         "address"]})] + lines[3:], "a second node for"),
-    (4, lambda lines: lines[:-1] + [json.dumps({**json.loads(lines[-1]), "session": "other"})], "mixes two sessions"),
+    (5, lambda lines: lines[:-1] + [json.dumps({**json.loads(lines[-1]), "session": "other"})], "mixes two sessions"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:10] + [row[11], row[10]] + row[12:]),
+     "ends before it starts"),
+    (5, lambda lines: _calls_line(lines, lambda row: row[:9] + [3] + row[10:]), "has thread 3, outside"),
+    (5, lambda lines: _later(lines, "thread"), "has thread 0, outside .*: no thread record before it"),
+    (5, lambda lines: [json.dumps({k: v for k, v in json.loads(lines[0]).items() if k != "time_origin_ns"})]
+     + lines[1:], "time_origin_ns must be an int"),
+    (4, lambda lines: _calls_line(lines, lambda row: row + [0, 0, 0]), "rows must be lists of 10 values"),
+    (4, lambda lines: lines[:1] + [json.dumps({"kind": "thread", "id": 0, "native_id": 1, "name": "t"})] + lines[1:],
+     "expected kind node, lane, tensors, calls or end, got 'thread'"),
+    (4, lambda lines: _calls_line(lines, lambda row: row[:3] + [999] + row[4:]), "has node 999, outside"),
     (3, lambda lines: lines[:1] + [json.dumps({**json.loads(lines[1]), "stage": ["x"]})], "stage must be"),
     (3, lambda lines: lines[:1] + [json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "seq"})],
      "missing fields"),
@@ -213,6 +223,8 @@ def test_malformed_event_files_are_refused(v1_model, inputs, tmp_path, version, 
         v1_model.generate(**inputs, max_new_tokens=1)
     if version == 3:
         as_version3(path)
+    elif version == 4:
+        as_version4(path)
     assert read_events(path).header.version == version  # the untouched file is valid
     lines = path.read_text().splitlines()
     path.write_text("\n".join(mutate(lines)) + "\n")

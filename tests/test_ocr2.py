@@ -6,6 +6,7 @@ compared with an independent forward hook on every router.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,8 @@ def test_run_traced_without_arguments(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "loopmeta-out"
-    assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "report.json", "report.md", "report.txt",
-                                                     "report_ops.csv"]
+    drawing = ["report.svg"] if shutil.which("dot") else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["events.jsonl", "report.html", "report.json", "report.md",
+                                                            "report.txt", "report_ops.csv", "trace.json", *drawing])
     assert "model.vision_tower parfor 2 axis=view" in done.stdout
     assert "parfor 4 axis=decode_step" in done.stdout

@@ -20,8 +20,8 @@ import loopmeta
 from loopmeta import errors
 
 ROOT = Path(loopmeta.__file__).resolve().parent
-ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "work", "exports", "writers", "pipeline.py",
-          "errors.py"]
+ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "work", "exports", "writers", "traces",
+          "pipeline.py", "errors.py"]
 
 
 def modules() -> dict[str, Path]:
@@ -64,7 +64,8 @@ def test_docstring_examples_run():
     for module in (loopmeta, importlib.import_module("loopmeta.common.tensors"),
                    importlib.import_module("loopmeta.common.attributes"), importlib.import_module("loopmeta.work.formulas"),
                    importlib.import_module("loopmeta.work.roofline"),
-                   importlib.import_module("loopmeta.common.addresses")):
+                   importlib.import_module("loopmeta.common.addresses"),
+                   importlib.import_module("loopmeta.events.labels")):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -98,6 +99,7 @@ LAYERS = {
     "merge": {"events"}, "report": {"merge", "model_configs", "events"}, "work": {"probe", "events"},
     "exports": {"work", "report"}, "writers": {"report", "merge", "events", "work", "exports"},
     "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events", "work"},
+    "traces": {"events"},
 }
 
 
@@ -172,7 +174,8 @@ def test_built_wheel_works_outside_the_checkout(tmp_path, v1_sessions):
                           env={"PYTHONPATH": str(site), "PATH": "", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith(str(site))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md", "report.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "report.html", "report.json", "report.md", "report.txt", "trace.json"]  # the stream has call times; no dot
     assert "model.sam_model" in (tmp_path / "out" / "report.txt").read_text()
 
 

@@ -3,13 +3,14 @@ lanes are interned exactly, and classes shared with unrecorded modules are left 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import as_version3
+from conftest import as_version3, as_version4
 from loopmeta.errors import EventFileError
 from loopmeta.events import read_events
 from loopmeta.events.table import lane_key
@@ -91,10 +92,22 @@ def test_version_3_files_are_still_read(v1_sessions, tmp_path):
     s = v1_sessions["gundam_2x3"]
     path = tmp_path / "events.jsonl"
     path.write_bytes(Path(s["path"]).read_bytes())
-    assert read_events(path).header.version == 4
+    assert read_events(path).header.version == 5
     as_version3(path)
     old = read_events(path)
     assert old.header.version == 3 and '"kind":"call"' in path.read_text().splitlines()[1]
+    assert old.events == s["recorder"].events and old.end == s["recorder"].end
+
+
+def test_version_4_files_are_still_read(v1_sessions, tmp_path):
+    """Version 4 (no threads, no call times) reads as before: the same events, an untimed table."""
+    s = v1_sessions["gundam_2x3"]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(Path(s["path"]).read_bytes())
+    as_version4(path)
+    old = read_events(path)
+    assert old.header.version == 4 and old.header.time_origin_ns is None and not old.table.timed
+    assert len(json.loads(path.read_text().splitlines()[-2])["rows"][0]) == 10
     assert old.events == s["recorder"].events and old.end == s["recorder"].end
 
 

@@ -25,8 +25,8 @@ _SHOWN_ELSEWHERE = STEP_KEYS + (EXPERTS_HIT, TOKENS_PER_EXPERT, EXPERTS_TOTAL, T
 
 
 def lane_summary(lanes: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> str:
-    """The lanes of a node's calls in one line, per phase when phases differ: a key with one value as `k=v`, integers
-    that vary as `k=lo..hi`, up to three other values as `k=a/b/c`; keys whose values vary more (expert ids, router
+    """The lanes of a node's calls in one line, per phase when phases differ: a key with one value as `k=v`, two
+    values as `k=a/b`, more integers as `k=lo..hi`, up to three other values as `k=a/b/c`; keys whose values vary more (expert ids, router
     outputs) are left to the MoE table."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for lane in lanes:
@@ -46,6 +46,8 @@ def _key_summary(key: str, values: list[Any]) -> str:
     texts = list(dict.fromkeys(value_text(v) for v in values))
     if len(texts) == 1:
         return f"{key}={texts[0]}"
+    if len(texts) == 2 and not any(isinstance(v, (list, dict)) for v in values):
+        return f"{key}={'/'.join(texts)}"
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return f"{key}={min(values)}..{max(values)}"
     if len(texts) <= 3 and not any(isinstance(v, (list, dict)) for v in values):

@@ -138,24 +138,36 @@ def _pick_lanes(loop: Loop) -> list[dict[str, Any]]:
     return out
 
 
-def steps_in_sequence(loop: Loop) -> str:
-    """For the loop over the session's steps (one step per member): that they run in sequence, and which is which."""
+def is_step_loop(loop: Loop) -> bool:
+    """The parfor over the session's steps: its i-th iteration is step i."""
     lanes = loop.lanes[: loop.bound]
-    if loop.kind != "parfor" or [lane.get(STEP) for lane in lanes] != list(range(loop.bound)):
+    return loop.kind == "parfor" and loop.bound > 1 and [lane.get(STEP) for lane in lanes] == list(range(loop.bound))
+
+
+def groups_text(groups: list[tuple[str, list[int]]], steps: set[Any] | None = None) -> str:
+    """`prefill step 0, decode steps 1..3`: the (phase, steps) groups that hold any of `steps` (all when None)."""
+    return ", ".join(f"{phase} step{'s' if len(its) > 1 else ''} {ranges(its)}".strip()
+                     for phase, its in groups if steps is None or steps & set(its))
+
+
+def steps_in_sequence(loop: Loop) -> str:
+    """For the loop over the session's steps: that they run in sequence, and which is which."""
+    if not is_step_loop(loop):
         return ""
     phases: dict[str, list[int]] = {}
-    for lane in lanes:
+    for lane in loop.lanes[: loop.bound]:
         phases.setdefault(str(lane.get(PHASE)), []).append(lane[STEP])
-    which = ", ".join(("step " if len(s) == 1 else "steps ") + f"{ranges(s)} {p}" for p, s in phases.items())
-    return f" in sequence (each step needs the previous one's output; {which})"
+    return f" in sequence (each step needs the previous one's output; {groups_text(list(phases.items()))})"
 
 
 def apart(loop: Loop, siblings: list[Loop]) -> str:
     """Why a single member (`layers.0`) stands apart from the `for` over its container: the lane keys whose values
     differ, or the class."""
     container, _, index = loop.address.rpartition(".")
-    other = next((s for s in siblings if s.kind == "for" and s.container == container and index.isdigit()), None)
-    if loop.kind != "call" or other is None:
+    if loop.kind != "call" or not index.isdigit():
+        return ""
+    other = next((s for s in siblings if s.kind == "for" and s.container == container), None)
+    if other is None:
         return ""
     diffs = [f"class {loop.class_name}, there {other.class_name}"] if loop.class_name != other.class_name else []
     for key in dict.fromkeys(k for lane in loop.lanes + other.lanes for k in lane if k not in _SHOWN_ELSEWHERE):

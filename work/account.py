@@ -148,26 +148,23 @@ def session_work(placed: list[PlacedOp], phases: dict[int, str], moe: dict[str, 
     (the probe's last step, which stops, gives the session's last step)."""
     traced = sorted({p.step for p in placed})
     decode = {s for s in traced if phases.get(s) == "decode"}
-    template, refused = None, None
+    template, refused = None, (f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} (it traced "
+                               f"steps {traced})")
     try:
-        if not {TEMPLATE_STEP, TEMPLATE_STEP + 1} <= decode:
-            raise ExtrapolationError(f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} "
-                                     f"(it traced steps {traced})")
-        template = DecodeTemplate(placed, TEMPLATE_STEP, max(traced))
+        if {TEMPLATE_STEP, TEMPLATE_STEP + 1} <= decode:
+            template = DecodeTemplate(placed, TEMPLATE_STEP, max(traced))
     except ExtrapolationError as exc:
-        refused = exc
+        refused = str(exc)
     acct = Accountant(Ledger.of(moe), CacheReads.of(placed, decode, template))
     whole = not phases or max(phases) <= max(traced, default=-1)
     probed = traced if whole else [s for s in traced if s <= TEMPLATE_STEP + 1]
     totals = {step: acct.add({}, [p for p in placed if p.step == step]) for step in probed}
     notes: list[str] = []
     later = sorted(s for s in phases if s > max(probed, default=-1))
-    if later and (template is None or max(traced) <= TEMPLATE_STEP + 1):
-        notes.append(f"incomplete: the work of steps {later[0]}..{later[-1]} is not counted: " + str(
-            refused or f"the probe must trace decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 2} (it traced steps "
-                       f"{traced})"))
-    elif later:
+    if later and template is not None and max(traced) > TEMPLATE_STEP + 1:
         _extrapolate(template, acct, later, totals)
+    elif later:
+        notes.append(f"incomplete: the work of steps {later[0]}..{later[-1]} is not counted: {refused}")
     if decode and not acct.cache:
         notes.append("no KV-cache bytes identified (no attention reads more keys than queries in a decode step, or "
                      f"the probe traced fewer than decode steps {TEMPLATE_STEP}..{TEMPLATE_STEP + 1}): cache reads "

@@ -22,7 +22,8 @@ from typing import Any
 from ..errors import ReportFileError
 from ..events.lanes import BEFORE_FIRST_FORWARD, DECODE, PREFILL, STEP
 from ..merge.loops import Loop, substitute, walk
-from ..report.notation import Subs, fmt_lane, member_subs, name, ranges, short, varying
+from ..report.notation import (Subs, fmt_lane, groups_text, is_step_loop, member_subs, name, ranges, short,
+                               varying)
 from ..report.schema import Report
 
 PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9",
@@ -71,7 +72,7 @@ def to_dot(report: Report) -> str:
 
     stages = sorted({loop.stage for loop in walk(report.loops) if loop.stage})
     canvas = Canvas({s: PALETTE[i % len(PALETTE)] for i, s in enumerate(stages)}, step_groups(report),
-                    next((loop for loop in report.loops if is_step_loop(loop, report)), None))
+                    next((loop for loop in report.loops if is_step_loop(loop)), None))
     graph = graphviz.Digraph("loops", graph_attr={
         "rankdir": "LR", "compound": "true", "fontname": "Helvetica", "fontsize": "11",
         "nodesep": "0.15", "ranksep": "0.3", "labelloc": "t",
@@ -180,15 +181,3 @@ def step_groups(report: Report) -> list[tuple[str, list[int]]]:
     if not {PREFILL, DECODE} <= set(phases):
         return []
     return [(g["phase"], g["steps"]) for g in report.stage_view] or list(phases.items())
-
-
-def groups_text(groups: list[tuple[str, list[int]]], steps: set[Any]) -> str:
-    """The groups that hold any of `steps`: `prefill step 0, decode steps 1..3`."""
-    return ", ".join(f"{phase} step{'s' if len(its) > 1 else ''} {ranges(its)}".strip()
-                     for phase, its in groups if steps & set(its))
-
-
-def is_step_loop(loop: Loop, report: Report) -> bool:
-    """The top-level parfor that runs once per step of the session (its i-th iteration is step i)."""
-    return (loop.kind == "parfor" and len(report.steps) > 1
-            and [lane.get(STEP) for lane in loop.lanes] == list(range(len(report.steps))))

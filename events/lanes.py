@@ -40,3 +40,14 @@ TOP_K = "top_k"
 EXPERTS_IMPLEMENTATION = "experts_implementation"
 """How the experts run when they are not modules (`grouped_mm`, `eager`, ...); informational."""
 
+
+# --- keys of a prefill step, read by the report for what its inputs hold --------------------------------------------
+IMAGES = "images"
+"""On a step whose forward received images: one dict per image of the batch, in order, with `crops` (local views;
+0 without crops), `grid` (`colsxrows`, only where the model receives it) and `tokens` (image positions its
+features fill, when known). The model assembles them image by image, in a loop that calls no module."""
+REAL_TOKENS = "real_tokens"
+"""On a prefill step of more than one sample: per sample, the prompt positions that are not padding (from the
+attention mask, a declared value read); `seq_len` - real_tokens[i] positions of sample i are padding."""
+INPUT_KEYS = (IMAGES, REAL_TOKENS)
+"""Keys the report words out once per step (report/inputs.py), not printed as `key=value`."""

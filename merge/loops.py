@@ -7,7 +7,9 @@ Rules (docs/semantics.md), applied to the children of every call:
   differ are split into sub-ranges (a one-member range is a plain `call`);
 - when only some members of P ran (or the config declares P a selection), it is `select k of M`, with the member
   ids picked in each parent call kept in `picks`;
-- a batch is never a loop: a call with batch 6 is one call.
+- a batch is never a loop: a call with batch 6 is one call;
+- sibling parfors of one bound n whose calls alternate (A B A B: round i calls iteration i of each, in the same
+  order) are marked `rounds` (their addresses in call order): a loop over n rounds around all of them.
 Bodies of equal shape (addresses relative to the member, select picks and lanes ignored) collapse into one
 representative; per-instance data (lanes, picks) is concatenated in expansion order, so `expand()` reproduces
 every per-node call count exactly; `check_exact` is the acceptance test of every loop nest.
@@ -47,6 +49,7 @@ class Loop:
     picks: list[list[int]] = field(default_factory=list)  # select: member indices picked, one list per instance
     variants: list[Variant] = field(default_factory=list)
     distinguish: list[str] = field(default_factory=list)  # lane keys that tell members apart (for: shown per range)
+    rounds: list[str] = field(default_factory=list)  # parfor: the sibling parfors (itself included) it alternates with
 
     @property
     def body(self) -> list[Loop]:
@@ -99,7 +102,8 @@ def signature(loops: list[Loop], base: str) -> tuple:
         if loop.kind == "select":
             out.append(("select", _rel(loop.container or "", base), loop.class_name, inner))
         else:
-            out.append((loop.kind, _rel(loop.address, base), loop.class_name, loop.bound, tuple(loop.members), inner))
+            out.append((loop.kind, _rel(loop.address, base), loop.class_name, loop.bound, tuple(loop.members), inner,
+                        tuple(_rel(a, base) for a in loop.rounds)))
     return tuple(out)
 
 
@@ -138,6 +142,7 @@ class LoopBuilder:
         loops: list[Loop] = []
         for kind, key in order:
             loops.extend(self._node(by_address[key]) if kind == "node" else self._stack(key, stacks[key]))
+        _mark_rounds(calls, loops)
         return loops
 
     def _label(self, loop: Loop, node: Node) -> Loop:
@@ -200,6 +205,19 @@ class LoopBuilder:
             loops.append(self._label(loop, first))
             start = end
         return loops
+
+
+def _mark_rounds(calls: list[Node], loops: list[Loop]) -> None:
+    """Mark the parfors of one bound n whose calls alternate, round after round, in one order (A B A B)."""
+    by_bound: dict[int, list[Loop]] = {}
+    for loop in loops:
+        if loop.kind == "parfor":
+            by_bound.setdefault(loop.bound, []).append(loop)
+    for bound, group in by_bound.items():
+        addresses = [loop.address for loop in group]  # in order of first call
+        if len(group) > 1 and [c.address for c in calls if c.address in addresses] == addresses * bound:
+            for loop in group:
+                loop.rounds = list(addresses)
 
 
 def substitute(address: str, subs: tuple[tuple[str, str], ...]) -> str:

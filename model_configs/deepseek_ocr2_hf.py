@@ -2,7 +2,9 @@
 
 Facts used (docs/models/deepseek-ocr2-transformers.md): the vision tower runs once on the global views
 (1024x1024, batch = images) and, when any image has crops, once on all crops (768x768, batch = sum of crops),
-global first; in `generate()` this happens before the first forward. Experts are weight tensors, not modules, so
+global first; in `generate()` this happens before the first forward. The per-image split of the crops is read
+from the shapes of the features the model assembles image by image; the padding of a batched prefill from the
+attention mask (one host copy per session, only for more than one sample). Experts are weight tensors, not modules, so
 the experts hit are read from the router's top-k ids: the one documented tensor read of this config (one host copy
 per MoE call; switch it off with `instrument(..., options={"expert_ledger": False})`).
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, TOKENS_PER_EXPERT, TOP_K
-from .hf import generate_probe, image_text_session  # noqa: F401  (the [session] functions named in the TOML)
+from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, IMAGES, TOKENS_PER_EXPERT, TOP_K
+from .hf import generate_probe, image_text_session, padded_step  # noqa: F401  (functions named in the TOML)
 from .shapes import resolution
 
 GLOBAL_SIZE, TILE_SIZE = 1024, 768  # pixels of a global view and of a crop
@@ -28,6 +30,21 @@ def vision_view(call: Any) -> dict[str, Any]:
     if size not in views:
         raise ValueError(f"vision input of {size}x{size}: neither a global view ({GLOBAL_SIZE}) nor a crop ({TILE_SIZE})")
     return {"view": views[size], "batch": int(x.shape[0]), "resolution": resolution(x)}
+
+
+def step_images(call: Any, result: Any) -> dict[str, Any]:
+    """The images of a step that received image features, in batch order, from the shapes of the per-image features
+    the model assembled (`image_outputs.pooler_output`: local crops, global view, separator per image): crops =
+    (tokens - 256 - 1) / 144. The crop grid is not passed to the model, so it is not known here."""
+    features = getattr(getattr(result, "image_outputs", None), "pooler_output", None)
+    if not features:
+        return {}
+    images = []
+    for f in features:
+        tokens = int(f.shape[0])
+        crops, rest = divmod(tokens - GLOBAL_TOKENS - 1, TILE_TOKENS)
+        images.append({"crops": crops, "tokens": tokens} if not rest and crops >= 0 else {"tokens": tokens})
+    return {IMAGES: images}
 
 
 def projector_view(call: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..common.attributes import swapped
 from ..errors import SessionError
-from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, TOKENS_PER_EXPERT, TOP_K
+from ..events.lanes import EXPERTS_HIT, EXPERTS_TOTAL, IMAGES, TOKENS_PER_EXPERT, TOP_K
 from .hf import generate_probe, load_error  # noqa: F401  (generate_probe: the [session] probe named in the TOML)
 from ..sessions.pages import load_image
 from ..sessions.contract import Session, SessionRequest, dtype_of, prompt_of
@@ -43,6 +43,20 @@ def ocr_model_views(call: Any) -> dict[str, Any]:
                       "resolution": resolution(image_ori)})
     lane["views"] = views
     return lane
+
+
+def step_images(call: Any, result: Any) -> dict[str, Any]:
+    """The step's images in sample order, from the view plan of its model call: crops (0 without) and grid."""
+    model = next((c for c in call.children if c.role == "model"), None)
+    views = model.lane.get("views") if model is not None else None
+    if not views:
+        return {}
+    images: dict[int, dict[str, Any]] = {}
+    for view in views:
+        image = images.setdefault(view["sample"], {"crops": 0})
+        if view["view"] == "local":
+            image.update({"crops": view["batch"], **({"grid": view["grid"]} if "grid" in view else {})})
+    return {IMAGES: [images[s] for s in sorted(images)]}
 
 
 def ocr_model_done(call: Any, result: Any) -> dict[str, Any]:

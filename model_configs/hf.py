@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import SessionError
-from ..errors import ConfigError
+from ..errors import ConfigError, SessionError
+from ..events.lanes import PHASE, PREFILL, REAL_TOKENS
 from ..sessions.contract import Session, SessionRequest, dtype_of, prompt_of
+from .shapes import step_lane
 
 # Keywords that would contradict a short probe of `generate()`: lengths, minimum lengths and output streaming.
 _LENGTH_KEYWORDS = ("max_length", "min_length", "min_new_tokens", "streamer")
@@ -48,6 +49,16 @@ def load_error(model: str | None, exc: BaseException, what: str = "") -> Session
                             f"Install the torchvision build that matches torch {torch.__version__} "
                             "(docs/models/README.md)")
     return SessionError(f"cannot load {model!r}{what}: {exc}")
+
+
+def padded_step(call: Any) -> dict[str, Any]:
+    """A causal-LM step's lane, plus at a first prefill of more than one sample the real (unpadded) tokens per
+    sample: the sums of the attention mask's rows (a declared value read: one host copy per session)."""
+    lane = step_lane(call)
+    mask = call.arg("attention_mask")
+    if lane[PHASE] == PREFILL and lane["past_len"] == 0 and lane["batch"] > 1 and getattr(mask, "ndim", 0) == 2:
+        lane[REAL_TOKENS] = [int(sum(row)) for row in mask.tolist()]  # the one host copy
+    return lane
 
 
 def generate_probe(args: tuple, kwargs: dict[str, Any], steps: int) -> tuple[tuple, dict[str, Any]] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events.lanes import (BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, PHASE, STEP, STEP_KEYS,
+from ..events.lanes import (BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, INPUT_KEYS, PHASE, STEP, STEP_KEYS,
                             TOKENS_PER_EXPERT, TOP_K)
 from ..merge.loops import Loop, substitute
 
@@ -18,10 +18,10 @@ def name(address: str, class_name: str = "") -> str:
 
 
 def fmt_lane(lane: dict[str, Any]) -> str:
-    return " ".join(f"{k}={value_text(v)}" for k, v in lane.items() if k not in STEP_KEYS)
+    return " ".join(f"{k}={value_text(v)}" for k, v in lane.items() if k not in STEP_KEYS + INPUT_KEYS)
 
 
-_SHOWN_ELSEWHERE = STEP_KEYS + (EXPERTS_HIT, TOKENS_PER_EXPERT, EXPERTS_TOTAL, TOP_K)
+_SHOWN_ELSEWHERE = STEP_KEYS + INPUT_KEYS + (EXPERTS_HIT, TOKENS_PER_EXPERT, EXPERTS_TOTAL, TOP_K)
 
 
 def lane_summary(lanes: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> str:
@@ -199,16 +199,46 @@ def headline(loop: Loop, subs: Subs = (), top: bool = False) -> str:
     return f"{line}{' [' + summary + ']' if summary else ''}{stage}"
 
 
+def rounds_line(group: list[Loop], subs: Subs = ()) -> str:
+    """The loop over rounds that alternating parfors share: `rounds over view: 2 rounds, each calls A, then B`."""
+    axes = {loop.axis for loop in group}
+    over = f" over {axes.pop()}" if len(axes) == 1 and None not in axes else ""
+    order = ", then ".join(name(substitute(loop.address, subs), loop.class_name) for loop in group)
+    return (f"rounds{over}: {group[0].bound} rounds, each calls {order} (calls alternate: round i runs iteration i of "
+            "each)")
+
+
+def grouped(loops: list[Loop]) -> list[Loop | list[Loop]]:
+    """`loops` with each set of alternating parfors (`Loop.rounds`) gathered, in round order, where its first
+    member stands."""
+    out: list[Loop | list[Loop]] = []
+    for loop in loops:
+        if not loop.rounds:
+            out.append(loop)
+        elif loop.address == loop.rounds[0]:
+            out.append([next(m for m in loops if m.address == a) for a in loop.rounds])
+    return out
+
+
 def loop_lines(loops: list[Loop], depth: int = 0, subs: Subs = ()) -> list[str]:
     lines = []
-    for loop in loops:
-        lines.append("  " * depth + headline(loop, subs, top=depth == 0) + apart(loop, loops))
-        many = len(loop.variants) > 1
-        inner = member_subs(loop, subs)
-        for v in loop.variants:
-            if many:
-                lines.append("  " * (depth + 1) + f"iterations [{ranges(v.iterations)}]:")
-            lines.extend(loop_lines(v.body, depth + 1 + many, inner))
+    for item in grouped(loops):
+        if isinstance(item, list):
+            lines.append("  " * depth + rounds_line(item, subs))
+            lines.extend(line for loop in item for line in _loop_lines(loop, loops, depth + 1, subs))
+        else:
+            lines.extend(_loop_lines(item, loops, depth, subs))
+    return lines
+
+
+def _loop_lines(loop: Loop, siblings: list[Loop], depth: int, subs: Subs) -> list[str]:
+    lines = ["  " * depth + headline(loop, subs, top=depth == 0 or bool(loop.rounds)) + apart(loop, siblings)]
+    many = len(loop.variants) > 1
+    inner = member_subs(loop, subs)
+    for v in loop.variants:
+        if many:
+            lines.append("  " * (depth + 1) + f"iterations [{ranges(v.iterations)}]:")
+        lines.extend(loop_lines(v.body, depth + 1 + many, inner))
     return lines
 
 

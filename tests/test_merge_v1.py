@@ -75,6 +75,28 @@ def test_loop_bounds_match_the_facts(traced, v1_model):
     assert [l.kind for l in find(report.loops, address="lm_head")] == ["call", "call"]
 
 
+def test_images_and_view_rounds_match_the_inputs_and_the_call_order(traced, v1_model):
+    """The crop grid and crop count per image from the inputs the model receives; the rounds from forward hooks."""
+    report, inputs = traced
+    (patches, _), = inputs["images"]
+    cols, rows = inputs["images_spatial_crop"][0].tolist()
+    assert report.steps[0]["images"] == [{"crops": patches.shape[0], "grid": f"{cols}x{rows}"}]
+    assert "images" not in report.steps[1]
+    vision = ("model.sam_model", "model.vision_model", "model.projector")
+    order: list[str] = []
+    hooks = [v1_model.get_submodule(a).register_forward_pre_hook(lambda m, args, a=a: order.append(a)) for a in vision]
+    try:
+        v1_model.generate(**inputs, max_new_tokens=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert order == list(vision) * 2  # local crops through all three, then the global view
+    assert {tuple(find(report.loops, address=a)[0].rounds) for a in vision} == {vision}
+    assert ("rounds over view: 2 rounds, each calls model.sam_model, then model.vision_model, then model.projector"
+            in to_text(report))
+    assert f"image 0: {patches.shape[0]} crops (grid {cols}x{rows}) + global view" in to_text(report)
+
+
 def test_expansion_equals_independent_hook_counts(traced, v1_model):
     report, inputs = traced
     hooks = hook_counts(v1_model, lambda: v1_model.generate(**inputs, max_new_tokens=NEW))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..report.inputs import input_lines
 from ..report.notation import fmt_lane, loop_lines, ranges
 from ..report.schema import Report
 from .charts import experts_chart, steps_chart
@@ -75,6 +76,9 @@ def to_html(report: Report, drawing: str | None, drawing_missing: str = "no draw
         parts.append(_section("Steps", _figure(steps_chart(report.steps), "no numeric step lanes to plot"),
                               _table(["step", "phase", "lane"],
                                      [[s["step"], s["phase"], fmt_lane(s)] for s in report.steps])))
+    inputs = input_lines(report.steps)
+    if inputs:
+        parts.append(_section("Inputs", "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in inputs) + "</ul>"))
     if report.moe:
         parts.append(_section("MoE expert load", f"<p>{escape(moe_line(report.moe['summary']))}</p>",
                               _figure(experts_chart(report.moe), "no expert ledger")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..report.inputs import input_lines
 from ..report.notation import fmt_lane, loop_lines, ranges, value_text
 from ..report.schema import Report
 from .text import moe_line
@@ -28,6 +29,9 @@ def to_markdown(report: Report) -> str:
     if report.steps:
         lines += ["", "## Steps", ""] + _table(["step", "phase", "lane"],
                                                [[str(s["step"]), s["phase"], fmt_lane(s)] for s in report.steps])
+    inputs = input_lines(report.steps)
+    if inputs:
+        lines += ["", "## Inputs", ""] + [f"- {line}" for line in inputs]
     if report.moe:
         lines += ["", "## MoE selection", "", moe_line(report.moe["summary"]), ""] + _table(
             ["node", "step", "top-k per token", "experts hit (k)", "experts", "tokens per expert", "tokens routed"],

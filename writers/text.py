@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..report.inputs import input_lines
 from ..report.notation import fmt_lane, loop_lines, ranges
 from ..report.schema import Report
 from .work import BOUND_HEADER, HEADER, aligned, bound_caption, bound_rows, caption, stage_rows, work_notes
@@ -37,6 +38,9 @@ def to_text(report: Report) -> str:
         parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
     if report.steps:
         parts += ["", "steps:"] + [f"  step {s['step']}: {s['phase']} " + fmt_lane(s) for s in report.steps]
+    inputs = input_lines(report.steps)
+    if inputs:
+        parts += ["", "inputs:"] + ["  " + line for line in inputs]
     if report.moe:
         parts += ["", moe_line(report.moe["summary"])]
     if report.work:

@@ -101,11 +101,12 @@ def _auto_probe(config: ModelConfig, first: FirstCall, model: Any, steps: int) -
 def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | ModelConfig = "auto",
                   probe: Probe | str | None = None, events: str | Path | None = None,
                   check_versions: bool = True, options: dict[str, Any] | None = None,
-                  profile: bool = False) -> tuple[Report, Any]:
+                  profile: bool = False, progress: Callable[..., None] | None = None) -> tuple[Report, Any]:
     """Run `run()` instrumented, then trace `probe` with TorchLens and merge; return the checked report and what
     `run()` returned. `probe="auto"` repeats the session's first call of the config's probe method (`generate`),
     shorter (prefill + three decode steps), as the config's `[session] probe` function says. `profile`: label each
-    recorded call of `run()` for torch.profiler (docs/profiling.md); the probe runs unlabelled."""
+    recorded call of `run()` for torch.profiler (docs/profiling.md); the probe runs unlabelled. `progress(what,
+    recorder=None)` is told each phase as it starts (`sessions.progress.LiveProgress` shows it)."""
     if isinstance(probe, str) and probe != "auto":
         raise ValueError(f"probe must be a Probe, 'auto' or None, got {probe!r}")
     chosen = choose_config(model, config)
@@ -116,8 +117,11 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
     inst = Instrumentation(model, chosen, events=events, check_versions=check_versions, options=options,
                            profile=profile)
     first = FirstCall(type(model), spec.probe_method) if probe == "auto" else None
+    say = progress or (lambda what, recorder=None: None)
     with inst as recorder, (first or contextlib.nullcontext()):
+        say("running the instrumented session", recorder)
         output = run()
+    say("building the report from the events")
     report = session_report(recorder.table, inst.config, model_class=type(model).__name__, end=recorder.end,
                             container_sizes=recorder.header.container_sizes)
     if recorder.write_failed:
@@ -129,7 +133,9 @@ def trace_session(model: Any, run: Callable[[], Any], *, config: str | Path | Mo
             report.notes.append(f"no TorchLens probe: {why_not}")
     if probe is not None:
         stage_of = {b.address: b.target.stage for b in inst.bindings}
+        say(f"TorchLens probe of the first {min(PROBE_STEPS, recorder.steps)} steps, aligned with the events")
         report.probe, tree = probe_section(model, probe, inst.config, recorder.table, stage_of)
+        say("counting the work (FLOPs and bytes) of the probed steps")
         step = inst.config.step_target.pattern if inst.config.step_target else ""
         report.work = work_from_probe(tree, stage_of, step, {s["step"]: s["phase"] for s in report.steps},
                                       report.moe)

@@ -194,20 +194,22 @@ def run(args: argparse.Namespace, console: Any) -> int:
         note_missing_svg(args, console)
         return 0
     check_device(args.device)
-    with console.status("building the model and inputs"):
-        config, session = load_session(args)
-    console.print(f"model: {session.label}")
+    from loopmeta.sessions.progress import LiveProgress
+
     events = args.out / "events.jsonl"
-    with console.status("running the instrumented session" + ("" if args.no_torchlens else
-                                                               ", then the TorchLens probe (prefill + 3 steps)")), \
-            session.context():
-        report, _ = trace_session(session.model, profiled_run(session.run, args), config=config, events=events,
-                                  probe=None if args.no_torchlens else "auto",
-                                  check_versions=not args.ignore_version_pins,
-                                  options=dict(args.option), profile=args.profile)
-    extras = add_work_outputs(report, args)
-    paths = write_report(report, args.out, svg=not args.no_svg, html=not args.no_html)
-    extras += time_outputs(args, events)
+    with LiveProgress(console) as progress:
+        progress("building the model and inputs")
+        config, session = load_session(args)
+        console.print(f"model: {session.label}")
+        with session.context():
+            report, _ = trace_session(session.model, profiled_run(session.run, args), config=config, events=events,
+                                      probe=None if args.no_torchlens else "auto",
+                                      check_versions=not args.ignore_version_pins,
+                                      options=dict(args.option), profile=args.profile, progress=progress)
+        progress("writing the report files")
+        extras = add_work_outputs(report, args)
+        paths = write_report(report, args.out, svg=not args.no_svg, html=not args.no_html)
+        extras += time_outputs(args, events)
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
     note_missing_svg(args, console)

@@ -153,6 +153,11 @@ class Recorder:
         """Every call recorded so far as `CallEvent`s, in the order they finished (built on each access)."""
         return list(self.table.events())
 
+    @property
+    def calls(self) -> int:
+        """Calls entered so far (a plain int: safe to read from another thread, e.g. a progress display)."""
+        return self._seq
+
     def current(self) -> Call | None:
         return self._stack.get()
 

@@ -137,3 +137,4 @@ def test_run_traced_without_arguments(tmp_path):
                                                             "report.txt", "report_ops.csv", "trace.json", *drawing])
     assert "model.vision_tower parfor 2 axis=view" in done.stdout
     assert "parfor 4 axis=decode_step" in done.stdout
+    assert "so far" not in done.stderr and "running the instrumented session" not in done.stderr  # not a terminal

@@ -18,6 +18,7 @@ from loopmeta.pipeline import trace_session, trace_structure
 from loopmeta.report import session_report
 from loopmeta.sessions.pages import synthetic_page
 from loopmeta.writers import to_markdown, to_text
+from loopmeta.writers.svg import to_dot
 
 PAGES = [(1600, 1200), (800, 1600), (640, 480)]  # 6 crops, 2 crops, none
 
@@ -138,3 +139,7 @@ def test_rounds_only_where_the_calls_alternate(alternate):
     assert loops["a"].bound == loops["b"].bound == 2
     assert loops["a"].rounds == (["a", "b"] if alternate else [])
     assert ("rounds: 2 rounds, each calls a, then b" in to_text(report)) == alternate
+    dot = to_dot(report)  # the drawing puts both parfors in one dotted box naming the rounds
+    box = dot[dot.find("_rounds {"):] if alternate else ""
+    assert ("_rounds {" in dot) == alternate
+    assert not alternate or ('label="rounds: 2 rounds' in box and "a parfor 2" in box and "b parfor 2" in box)

@@ -2,7 +2,8 @@
 
 Every `for`, `parfor` and `select` is a box (a graphviz cluster, nested as the loops nest) labelled with its one-line
 form (`report.notation.short`) and a short lane summary; inside it, the repeated node (`model.layers[i]`) and, under
-that node, the loop's body. Calls are nodes, joined to the calls and loops they make by arrows. Fill colours are the
+that node, the loop's body. Calls are nodes, joined to the calls and loops they make by arrows; parfors whose
+calls alternate share a dotted box naming their rounds. Fill colours are the
 stages (one fixed palette, given out in sorted stage order; a legend names them). When the session has prefill and
 decode steps, each top-level loop says in which step groups it runs (from the report's stage view), and the loop
 over steps names its groups.
@@ -22,8 +23,8 @@ from typing import Any
 from ..errors import ReportFileError
 from ..events.lanes import BEFORE_FIRST_FORWARD, DECODE, PREFILL, STEP
 from ..merge.loops import Loop, substitute, walk
-from ..report.notation import (Subs, fmt_lane, groups_text, is_step_loop, member_subs, name, ranges, short,
-                               varying)
+from ..report.notation import (Subs, fmt_lane, grouped, groups_text, is_step_loop, member_subs, name, ranges,
+                               rounds_line, short, varying)
 from ..report.schema import Report
 
 PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9",
@@ -79,8 +80,7 @@ def to_dot(report: Report) -> str:
         "label": text([f"loop nest of {report.model_class} ({report.config or 'config-free'}), from {report.source}"])},
         node_attr={"shape": "box", "style": "filled", "fontname": "Helvetica", "fontsize": "10"},
         edge_attr={"color": "#777777", "arrowsize": "0.5"})
-    for i, loop in last_first(report.loops):
-        draw(canvas, graph, loop, str(i), (), top_lines(loop, canvas))
+    siblings(canvas, graph, report.loops, "t", (), None)
     for tail, head, cluster in canvas.edges:
         graph.edge(tail, head, **({"lhead": cluster} if cluster else {}))
     if stages:
@@ -144,8 +144,25 @@ def bodies(canvas: Canvas, graph: Any, loop: Loop, key: str, subs: Subs, head: s
 
 def body(canvas: Canvas, graph: Any, loops: list[Loop], key: str, subs: Subs, head: str) -> None:
     """Each loop of one body, with an arrow from `head` to it (to its box, for a loop)."""
-    for j, child in last_first(loops):
-        child_head, cluster = draw(canvas, graph, child, f"{key}_{j}", subs, [])
+    siblings(canvas, graph, loops, key, subs, head)
+
+
+def siblings(canvas: Canvas, graph: Any, loops: list[Loop], key: str, subs: Subs, head: str | None) -> None:
+    """Sibling loops, each with an arrow from `head` (None at the top level, where each says its step groups);
+    parfors that alternate in rounds (`Loop.rounds`) share a dotted box naming the rounds."""
+    for j, item in last_first(grouped(loops)):
+        if not isinstance(item, list):
+            _child(canvas, graph, item, f"{key}_{j}", subs, head)
+            continue
+        with graph.subgraph(name=f"cluster_{key}_{j}_rounds") as box:
+            box.attr(label=text([rounds_line(item, subs)]), style="dotted", color="#555555")
+            for m, loop in last_first(item):
+                _child(canvas, box, loop, f"{key}_{j}_{m}", subs, head)
+
+
+def _child(canvas: Canvas, graph: Any, loop: Loop, key: str, subs: Subs, head: str | None) -> None:
+    child_head, cluster = draw(canvas, graph, loop, key, subs, top_lines(loop, canvas) if head is None else [])
+    if head is not None:
         canvas.edges.append((head, child_head, cluster))
 
 

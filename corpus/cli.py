@@ -3,7 +3,8 @@ waits at a barrier, then aggregates with DuckDB and writes corpus.json, corpus.m
 
 A page that fails is a row with its error and the rest runs; a rank that dies leaves the finished pages of every
 rank in the store and the summary lists the pages without a result; a rerun with the same `--out` skips the
-finished pages. Exit status: 0 when every page has a result, 1 when some have none, 2 for a command-line error.
+finished pages. Exit status: 0 when every page ran (with a result or its error), 1 when some did not (a rank
+died or was stopped), 2 for a command-line error.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace, pages: list[Page], rank: Rank, console: Any) -
             complete = not stopped and group.barrier()
             if not rank.leader:
                 return 0 if complete else 1
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the merge is short: finish it when told to stop
             return merge(args.out, pages, complete, console)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -174,5 +176,4 @@ def merge(out: Path, pages: list[Page], complete: bool, console: Any) -> int:
         json.loads(p.read_text()) for p in ranks]}, indent=1) + "\n")
     print(text, end="")
     console.print("wrote " + ", ".join(str(p) for p in [*written, out / "run.json"]), highlight=False)
-    counts = data["pages"]
-    return 0 if counts["with_result"] == counts["total"] else 1
+    return 1 if data["pages"]["missing"] else 0

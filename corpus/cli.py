@@ -141,6 +141,7 @@ def run_one(args: argparse.Namespace, page: Page, config: Any, session: Any, ran
     for table in store.TABLES:
         store.part_path(args.out, table, page.key).unlink(missing_ok=True)
     row: dict[str, Any] = {"page": page.id, "rank": rank.rank}
+    start = time.perf_counter()
     try:
         if page.error:
             raise SessionError(page.error)
@@ -149,15 +150,15 @@ def run_one(args: argparse.Namespace, page: Page, config: Any, session: Any, ran
     except Exception as exc:  # a bad page is its own error; the corpus goes on
         text = str(exc) if isinstance(exc, LoopmetaError) else f"{type(exc).__name__}: {exc}"
         error = text.replace(str(page.path), page.id)
-        store.write_part(args.out, "sessions", page.key, {k: [v] for k, v in
-                                                          {**row, "status": store.ERROR, "error": error}.items()})
+        row.update(status=store.ERROR, error=error, seconds=round(time.perf_counter() - start, 3))
+        store.write_part(args.out, "sessions", page.key, {k: [v] for k, v in row.items()})
         return f"error: {error}"
     for table, columns in tables.items():
         if columns and len(next(iter(columns.values()))):
             n = len(next(iter(columns.values())))
             store.write_part(args.out, table, page.key, {"page": [page.id] * n, "rank": [rank.rank] * n, **columns})
-    store.write_part(args.out, "sessions", page.key, {k: [v] for k, v in
-                                                      {**row, "status": store.OK, "error": None, **summary}.items()})
+    row.update(status=store.OK, error=None, seconds=round(time.perf_counter() - start, 3), **summary)
+    store.write_part(args.out, "sessions", page.key, {k: [v] for k, v in row.items()})
     return f"ok, {summary['steps']} steps, prefill {summary['prefill_len']}"
 
 

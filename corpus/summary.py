@@ -13,7 +13,7 @@ def summary_text(data: dict[str, Any]) -> str:
     """Markdown: pages, then loop bounds, session bounds, expert load, k per step and structure classes."""
     pages = data["pages"]
     lines = [f"# loopmeta corpus: {pages['total']} pages, {pages['with_result']} with a result, "
-             f"{len(pages['errors'])} with an error, {len(pages['missing'])} missing", ""]
+             f"{len(pages['errors'])} with an error, {len(pages['missing'])} missing"]
     lines += [f"- error: {e['page']}: {e['error']}" for e in pages["errors"]]
     if pages["missing"]:
         lines.append(f"- without a result (rerun with the same --out to run them): {', '.join(pages['missing'])}")
@@ -37,7 +37,7 @@ def summary_text(data: dict[str, Any]) -> str:
         lines += ["", "| step | phase | MoE calls | k min | k mean | k max |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['phase']} | {r['calls']} | {r['k_min']} | {r['k_mean']} | {r['k_max']} |"
                   for r in data["k_per_step"]]
-    lines += ["", f"## loop structures: {len(data['structures'])} classes (nests equal but for their bounds)", ""]
+    lines += ["", f"## loop structures (nests equal but for their bounds): {len(data['structures'])}", ""]
     for s in data["structures"]:
         lines += [f"- {s['structure']}: {s['pages']} pages (e.g. {s['example']})"]
     return "\n".join(lines) + "\n"

@@ -156,6 +156,26 @@ def test_the_store_answers_sql(two_ranks, oracle):
 
 
 @needs_transformers5
+def test_the_documented_queries_run(two_ranks, oracle, monkeypatch):
+    """docs/corpus.md's three example queries run on a store, from its folder, and agree with the page reports."""
+    out, _ = two_ranks
+    queries = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "corpus.md").read_text(), re.S)
+    monkeypatch.chdir(out)
+    crops, busiest, calls = (duckdb.sql(q).fetchall() for q in queries)
+    assert {row[0]: row[1] for row in crops} == Counter(vision_batches(r, "local") for r in oracle.values())
+    decode: dict[tuple[int, int], int] = defaultdict(int)
+    for r in oracle.values():
+        for row in r.moe["rows"]:
+            if row["step"] > 0:
+                for expert, tokens in zip(row["experts"], row["tokens"]):
+                    decode[int(re.search(r"\.(\d+)\.", row["address"]).group(1)), expert] += tokens
+    assert len(busiest) == min(10, len(decode)) and all(decode[layer, expert] == t for layer, expert, t, _ in busiest)
+    assert [row[2] for row in busiest] == sorted(decode.values(), reverse=True)[:len(busiest)]
+    total = sum(sum(r.counts.values()) for r in oracle.values())
+    assert round(sum(row[2] for row in calls), 6) == round(total / len(oracle), 6)
+
+
+@needs_transformers5
 def test_one_rank_gives_the_same_corpus_json(two_ranks, pages):
     out_two, _ = two_ranks
     out = pages.parent / "one"

@@ -62,14 +62,14 @@ def _pages_of(source: str) -> list[Page]:
     path = Path(source)
     if glob.has_magic(source):
         files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
-        return _files(files, Path(*_static_prefix(path.parts)), source) or [
+        return _files(files, Path(*_static_prefix(path.parts))) or [
             Page(path.name, path, error=f"--pages {path.name}: no file matches")]
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-        return _files(files, path, source) or [Page(path.name or source, path,
+        return _files(files, path) or [Page(path.name or source, path,
                                                     error=f"--pages {path.name}: empty folder, no page in it")]
     if path.is_file():
-        return _files([path], path.parent, source) or [Page(path.name, path, error=f"{path.name}: not an image or "
+        return _files([path], path.parent) or [Page(path.name, path, error=f"{path.name}: not an image or "
                                                             f"a PDF ({', '.join(IMAGE_SUFFIXES)}, .pdf)")]
     raise SessionError(f"--pages {source}: no such folder or file: pass a folder, a glob or a PDF file")
 
@@ -84,7 +84,7 @@ def _static_prefix(parts: tuple[str, ...]) -> list[str]:
     return out or ["."]
 
 
-def _files(files: list[Path], base: Path, source: str) -> list[Page]:
+def _files(files: list[Path], base: Path) -> list[Page]:
     pages: list[Page] = []
     for f in files:
         rel = f.relative_to(base).as_posix() if f.is_relative_to(base) else f.name

@@ -269,3 +269,30 @@ def test_corpus_modules_import_light():
             "print(sorted(m for m in ('torch', 'pyarrow', 'duckdb', 'pypdfium2') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_pages_of_folders_globs_and_pdfs(tmp_path):
+    """Page ids relative to their source, PDFs one page per page, sources without pages as error pages."""
+    from loopmeta.corpus.pages import image_file, list_pages
+    from loopmeta.errors import SessionError
+    from loopmeta.sessions.pages import synthetic_page
+
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    synthetic_page(64, 48).save(folder / "a.png")
+    synthetic_page(40, 30).save(folder / "sub" / "b.png")
+    synthetic_page(144, 72).save(folder / "doc.pdf", save_all=True, append_images=[synthetic_page(72, 144)])
+    (folder / "fake.pdf").write_text("%PDF? no")
+    (folder / "notes.txt").write_text("not a page")
+    pages = list_pages([str(folder)])
+    assert [p.id for p in pages] == ["a.png", "doc.pdf#1", "doc.pdf#2", "fake.pdf", "sub/b.png"]
+    assert [p.id for p in pages if p.error] == ["fake.pdf"] and "not a readable PDF" in pages[3].error
+    with image_file(pages[2]) as rendered:
+        from PIL import Image
+
+        assert Image.open(rendered).size == (150, 300)  # 72 x 144 points at 150 dpi
+    assert [p.id for p in list_pages([str(folder / "**" / "*.png")])] == ["a.png", "sub/b.png"]
+    (nothing,) = list_pages([str(folder / "*.jpg")])
+    assert nothing.error == "--pages *.jpg: no file matches"
+    with pytest.raises(SessionError, match="given twice"):
+        list_pages([str(folder), str(folder / "a.png")])

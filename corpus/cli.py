@@ -128,6 +128,8 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
         start = time.perf_counter()
         probe = args.probe_first and rank.leader and page is todo[0] and not meta["skipped"]
         line = run_one(args, page, config, session, rank, probe)
+        if probe:
+            meta["probe"] = {"page": page.id, "outcome": line}  # the TorchLens check: ok, or the alignment error
         meta["ran"].append(page.id)
         _write_meta(args.out, meta)
         console.print(f"{rank.tag}{i}/{len(todo)} {page.id}: {line} ({time.perf_counter() - start:.1f} s)",

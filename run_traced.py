@@ -279,6 +279,11 @@ def time_outputs(args: argparse.Namespace, events: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["corpus"]:  # `loopmeta corpus ...`: a corpus of pages (docs/corpus.md)
+        from loopmeta.corpus.cli import main as corpus
+
+        return corpus(argv[1:])
     args = parse_args(argv)
     from rich.console import Console
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -267,13 +269,20 @@ def builtin_session(request: SessionRequest) -> Session:
         raise SessionError(f"no built-in size {request.builtin!r}: use one of {', '.join(SIZES)}")
     dtype = getattr(torch, request.dtype or "float32")
     model = build_model(request.builtin, dtype=dtype).to(request.device)
+    processor = build_processor()
+    prompt = DEFAULT_PROMPT if request.prompt is None else request.prompt
     try:
         if request.experts_implementation:
             model.set_experts_implementation(request.experts_implementation)
-        inputs = prepare_inputs(build_processor(), load_image(request.image),
-                                DEFAULT_PROMPT if request.prompt is None else request.prompt, dtype).to(request.device)
     except (ValueError, KeyError, TypeError) as exc:
-        raise SessionError(f"cannot prepare the built-in session: {exc}. Check --prompt (one <image> tag) and "
-                           "--experts-implementation") from None
-    return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
-                   f"built-in {request.builtin} random-weight DeepSeek-OCR 2")
+        raise SessionError(f"cannot prepare the built-in session: {exc}. Check --experts-implementation") from None
+
+    def page(image: Path | None) -> Callable[[], Any]:
+        try:
+            inputs = prepare_inputs(processor, load_image(image), prompt, dtype).to(request.device)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SessionError(f"cannot prepare the built-in session: {exc}. Check --prompt (one <image> tag)") \
+                from None
+        return lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
+
+    return Session(model, page(request.image), f"built-in {request.builtin} random-weight DeepSeek-OCR 2", page=page)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
-def write_atomically(path: Path, content: str) -> None:
-    """`path` holds `content` entirely, or keeps what it held before."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write; it replaces `path` when the block ends normally, else is removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """`path` holds `content` entirely, or keeps what it held before."""
+    with replacing(path) as tmp:
+        tmp.write_text(content, encoding="utf-8")

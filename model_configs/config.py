@@ -69,6 +69,7 @@ class SessionSpec:
     default_mode: str | None = None
     dtype: str | None = None  # the model dtype the session needs (None: the user's choice, float32 by default)
     prompt: str | None = None  # the prompt when the user gives none
+    bounds: str | None = None  # function(table: EventTable) -> dict: the session's named loop bounds (docs/corpus.md)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ _TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (
                               "session": dict, "reads_values": (list, str)}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
     "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str,
-    "prompt": str}
+    "prompt": str, "bounds": str}
 
 
 class _Checker:
@@ -199,7 +200,7 @@ def _parse(path: Path) -> ModelConfig:
         session=session, reads_values=check.value("reads_values", raw.get("reads_values", []), (list, str)))
     _check_specifiers(config)
     named = [f for t in targets for f in (t.on_enter, t.on_exit)]
-    named += [r.replacement for r in config.rebind] + [session.load, session.probe]
+    named += [r.replacement for r in config.rebind] + [session.load, session.probe, session.bounds]
     for fn in named:  # fail at load time, not in the middle of a forward
         config.function(fn)
     return config

@@ -77,3 +77,20 @@ def moe_done(call: Any, result: Any) -> dict[str, Any]:
     if gate and "router" in gate[0].lane:
         lane.update(gate[0].lane["router"])
     return lane
+
+
+def page_bounds(table: Any) -> dict[str, int]:
+    """A page's vision bounds for a corpus, from its calls: `views` (vision-tower calls: 1, or 2 with crops),
+    `images` (the global view's batch), `crops` (the local view's batch, 0 without crops) and `image_tokens` (what
+    the projector emits plus one separator per image: 256 + 144 per crop + 1)."""
+    out = {"views": 0, "images": 0, "crops": 0, "image_tokens": 0}
+    c = table.columns
+    for node, lane in zip(c["node"], c["lane"]):
+        role, lane = table.nodes[node].role, table.lanes[lane]
+        if role == "vision.tower":
+            out["views"] += 1
+            out["images" if lane["view"] == "global" else "crops"] += lane["batch"]
+        elif role == "projector":
+            out["image_tokens"] += lane["batch"] * lane["tokens"]
+    out["image_tokens"] += out["images"]
+    return out

@@ -3,7 +3,8 @@ image-text model with its processor, and the `generate()` probe (docs/models/*.m
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import ConfigError, SessionError
 from ..events.lanes import PHASE, PREFILL, REAL_TOKENS
@@ -92,10 +93,13 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
         raise load_error(request.model, exc, f" as an image-text model with a processor (config {config.name!r})"
                          ) from None
     model = model.eval().to(request.device)
-    inputs = prepared(model, request, lambda: processor(images=load_image(request.image),
-                                                        text=prompt_of(request, config), return_tensors="pt"))
-    return Session(model, lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False),
-                   request.model)
+
+    def page(image: Path | None) -> Callable[[], Any]:
+        inputs = prepared(model, request, lambda: processor(images=load_image(image), text=prompt_of(request, config),
+                                                            return_tensors="pt"))
+        return lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
+
+    return Session(model, page(request.image), request.model, page=page)
 
 
 def prepared(model: Any, request: SessionRequest, process: Any) -> Any:

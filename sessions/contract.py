@@ -34,12 +34,15 @@ class SessionRequest:
 @dataclass
 class Session:
     """A loaded model and how to run it: `run()` is the session; `context()` is entered around it (and around the
-    TorchLens probe) for what the run needs, e.g. a vendor call made harmless on a CPU."""
+    TorchLens probe) for what the run needs, e.g. a vendor call made harmless on a CPU. `page(image)` gives the
+    `run()` of the same model on another page image file, so that a corpus loads the model once (None: the driver
+    runs one page only)."""
 
     model: Any
     run: Callable[[], Any]
     label: str
     context: Callable[[], ContextManager[Any]] = field(default=contextlib.nullcontext)
+    page: Callable[[Path], Callable[[], Any]] | None = None
 
 
 def prompt_of(request: SessionRequest, config: Any) -> str:

@@ -21,7 +21,7 @@ from loopmeta import errors
 
 ROOT = Path(loopmeta.__file__).resolve().parent
 ENGINE = ["common", "events", "sessions", "patches", "probe", "merge", "report", "work", "exports", "writers", "traces",
-          "pipeline.py", "errors.py"]
+          "corpus", "pipeline.py", "errors.py"]
 
 
 def modules() -> dict[str, Path]:
@@ -65,7 +65,8 @@ def test_docstring_examples_run():
                    importlib.import_module("loopmeta.common.attributes"), importlib.import_module("loopmeta.work.formulas"),
                    importlib.import_module("loopmeta.work.roofline"),
                    importlib.import_module("loopmeta.common.addresses"),
-                   importlib.import_module("loopmeta.events.labels")):
+                   importlib.import_module("loopmeta.events.labels"), importlib.import_module("loopmeta.corpus.pages"),
+                   importlib.import_module("loopmeta.corpus.shards")):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -100,6 +101,7 @@ LAYERS = {
     "exports": {"work", "report"}, "writers": {"report", "merge", "events", "work", "exports"},
     "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events", "work"},
     "traces": {"events"},
+    "corpus": {"run_traced", "pipeline", "events", "merge", "report", "writers"},
 }
 
 

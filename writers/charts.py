@@ -87,3 +87,14 @@ def experts_chart(moe: dict[str, Any] | None) -> str | None:
     ax.set_xlabel("expert")
     fig.colorbar(image, ax=ax, label="tokens routed")
     return _figure_svg(fig)
+
+
+def bar_chart(title: str, bars: list[tuple[str, int]]) -> str:
+    """Bars of counts with their labels (e.g. a histogram: value -> pages), titled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(min(2 + len(bars) * 0.35, 12), 2.4))
+    ax.bar(range(len(bars)), [n for _, n in bars])
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=7, rotation=90 if len(bars) > 12 else 0)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return _figure_svg(fig)

@@ -192,6 +192,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         print(to_text(report))
         console.print("wrote " + ", ".join(str(p) for p in [*paths.values(), *extras]))
         note_missing_svg(args, console)
+        warn(report, console)
         return 0
     check_device(args.device)
     with console.status("building the model and inputs"):
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
     note_missing_svg(args, console)
+    warn(report, console)
     return 0
 
 
@@ -221,6 +223,14 @@ def note_missing_svg(args: argparse.Namespace, console: Any) -> None:
     reason = None if args.no_svg else svg_missing_reason()
     if reason:
         console.print(f"note: {reason}", markup=False, highlight=False)
+
+
+def warn(report: Any, console: Any) -> None:
+    """The report's warnings, last and loud on the console (the report's every form carries them too)."""
+    from rich.text import Text
+
+    for warning in report.warnings:
+        console.print(Text("WARNING: ", style="bold red") + Text(warning, style="bold"), highlight=False)
 
 
 def carry_work(report: Any, saved: Path) -> None:

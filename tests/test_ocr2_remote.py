@@ -195,3 +195,54 @@ def test_the_probe_aligns_and_invents_no_query_call(model):
     hooks = hook_counts(model, lambda: model.generate(**inputs, max_new_tokens=3))
     assert probed == +hooks
     assert not any("query" in a for a in probed) and hooks["model.qwen2_model.query_1024"] == 0
+
+
+@pytest.fixture(scope="module")
+def bf16_model():
+    """The stub in bfloat16, as infer()'s images need it on a CPU (docs/models/deepseek-ocr2-remote.md#cpu)."""
+    from stubs.deepseek_ocr2_remote import load_stub_model
+
+    return load_stub_model(seed=3).to(torch.bfloat16)
+
+
+def traced_infer(model, tmp_path, **settings):
+    """A session of the stub's own infer() on a 1600x1200 page (its generate capped at 2 steps, .cuda() a no-op)."""
+    from PIL import Image
+
+    from loopmeta.model_configs.deepseek_remote import cuda_as_noop, generate_capped
+
+    page = tmp_path / "page.png"
+    Image.new("RGB", (1600, 1200), "white").save(page)
+    run = lambda: model.infer(None, prompt="<image>\nFree OCR. ", image_file=str(page),  # noqa: E731
+                              output_path=str(tmp_path / "out"), eval_mode=True, **settings)
+    with cuda_as_noop(), generate_capped(type(model), 2):
+        report, _ = trace_session(model, run, probe=None, check_versions=False)
+    return report
+
+
+def test_infer_defaults_on_a_large_page_are_warned_about_in_every_form(bf16_model, tmp_path):
+    """infer()'s own image_size=640: 100 positions per crop for 144 feature rows per crop; the report says so."""
+    import json
+    from html import escape
+
+    from loopmeta.report import read_report
+    from loopmeta.writers import write_report
+
+    report = traced_infer(bf16_model, tmp_path)
+    _, crops, _, features = expected(1600, 1200)
+    positions = 256 + 1 + 100 * crops  # (640 / 64)^2 per crop
+    assert (positions, features) == (857, 1121)
+    line = (f"image positions {positions} < vision features {features}: the rows past the positions, the separator "
+            "and (part of) the global view, never reach the LLM; pass image_size=768")
+    assert report.warnings == [line] and report.steps[0]["image_positions"] == positions
+    paths = write_report(report, tmp_path / "report", svg=False, html=True)
+    assert f"WARNING: {line}" in paths["text"].read_text().splitlines()[:3]
+    assert f"> **WARNING: {line}**" in paths["markdown"].read_text()
+    assert f'<p class="warning">WARNING: {escape(line)}</p>' in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["warnings"] == [line]
+    assert read_report(paths["json"]).warnings == [line]
+
+
+def test_the_model_card_settings_give_no_warning(bf16_model, tmp_path):
+    report = traced_infer(bf16_model, tmp_path, base_size=1024, image_size=768, crop_mode=True)
+    assert report.warnings == [] and report.steps[0]["image_positions"] == expected(1600, 1200)[2] == 1121

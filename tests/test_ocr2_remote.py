@@ -246,3 +246,54 @@ def test_infer_defaults_on_a_large_page_are_warned_about_in_every_form(bf16_mode
 def test_the_model_card_settings_give_no_warning(bf16_model, tmp_path):
     report = traced_infer(bf16_model, tmp_path, base_size=1024, image_size=768, crop_mode=True)
     assert report.warnings == [] and report.steps[0]["image_positions"] == expected(1600, 1200)[2] == 1121
+
+
+def test_the_stub_keeps_the_facts_call_chain(model, tmp_path):
+    """Forward hooks on the stub alone: per sample crops then the global view, each of sam -> encoder -> projector;
+    the encoder's layers three modules down, in a per-instance inner class; vision only in the prefill."""
+    inner = model.model.qwen2_model.model.model
+    from transformers import Qwen2Model
+
+    assert "<locals>" in type(inner).__qualname__ and isinstance(inner, Qwen2Model)
+    order = []
+    chain = ("model.sam_model", "model.qwen2_model", "model.qwen2_model.model", "model.qwen2_model.model.model",
+             "model.qwen2_model.model.model.layers.0", "model.projector")
+    modules = dict(model.named_modules())
+    hooks = [modules[a].register_forward_pre_hook(lambda m, args, kw, a=a: order.append(
+        (a, tuple((args or tuple(kw.values()))[0].shape))), with_kwargs=True) for a in chain]
+    try:
+        inputs = model.prepare_infer_inputs(page=(1600, 1200), **CARD)
+        inputs.pop("plan")
+        model.generate(**inputs, max_new_tokens=3)
+    finally:
+        for h in hooks:
+            h.remove()
+    width = inner.config.hidden_size
+    assert [a for a, _ in order] == list(chain) * 2  # crops, then the global view; never in the decode steps
+    assert [s for a, s in order if a in ("model.sam_model", "model.projector")] == [
+        (6, 3, 768, 768), (6, 144, width), (1, 3, 1024, 1024), (1, 256, width)]
+    assert [s for a, s in order if a.endswith("layers.0")] == [(6, 288, width), (1, 512, width)]
+
+
+def test_the_stub_infer_has_the_vendor_signature(model, tmp_path):
+    import inspect
+
+    from PIL import Image
+
+    from loopmeta.model_configs.deepseek_remote import cuda_as_noop
+
+    defaults = {k: p.default for k, p in inspect.signature(model.infer).parameters.items() if k != "tokenizer"}
+    assert defaults == dict(prompt="", image_file="", output_path="", base_size=1024, image_size=640, crop_mode=True,
+                            test_compress=False, save_results=False, eval_mode=False)
+    with pytest.raises(IndexError):  # a text-only prompt cannot go through infer()
+        model.infer(None, prompt="Free OCR.", output_path=str(tmp_path))
+    asked = []
+    real = type(model).generate
+    type(model).generate = lambda self, **kw: asked.append(kw["max_new_tokens"]) or kw["input_ids"]
+    try:
+        Image.new("RGB", (640, 480)).save(tmp_path / "p.png")
+        with cuda_as_noop():
+            model.infer(None, prompt="<image>Free OCR.", image_file=str(tmp_path / "p.png"), output_path=str(tmp_path))
+    finally:
+        del type(model).generate
+    assert asked == [8192] and type(model).generate is real and (tmp_path / "images").is_dir()

@@ -67,11 +67,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="size of the built-in random-weight model: tiny, quarter (quarter width, the real depths) "
                         "or full (the real shapes; for a GPU)")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1, "
+                   "DeepSeek-OCR 2 remote code)")
     p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
     p.add_argument("--prompt", help="prompt with one <image> tag (default: the model config's prompt)")
     p.add_argument("--mode", help="resolution mode, for models whose config lists modes (DeepSeek-OCR v1: tiny, "
-                                   "small, base, large, gundam; default gundam)")
+                                   "small, base, large, gundam; default gundam. DeepSeek-OCR 2 remote code: card, "
+                                   "the model card's base 1024, image 768, crop mode)")
+    p.add_argument("--base-size", type=positive, help="infer()'s base_size, over the mode's (remote-code models)")
+    p.add_argument("--image-size", type=positive, help="infer()'s image_size, over the mode's (remote-code models)")
+    p.add_argument("--crop-mode", action=argparse.BooleanOptionalAction,
+                   help="infer()'s crop_mode, over the mode's (remote-code models)")
     p.add_argument("--max-new-tokens", type=positive, default=4,
                    help="tokens to generate, at most (default 4; a vendor infer() that asks for more is capped here)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -114,9 +120,15 @@ def request_of(args: argparse.Namespace) -> Any:
 
     return SessionRequest(model=args.model, builtin=args.builtin, revision=args.revision,
                           trust_remote_code=args.trust_remote_code, image=args.image, prompt=args.prompt,
-                          mode=args.mode, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                          mode=args.mode, settings=settings_of(args), max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                           attn_implementation=args.attn_implementation,
                           experts_implementation=args.experts_implementation, out=args.out)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The session settings given on the command line (--base-size, --image-size, --crop-mode), by name."""
+    given = {"base_size": args.base_size, "image_size": args.image_size, "crop_mode": args.crop_mode}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -129,21 +141,27 @@ def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
 
         session = default_session(request)
         config = detect_config(session.model) if args.config == "auto" else load_config(args.config)
-        check_mode(args.mode, config)
+        check_mode(args, config)
         return config, session
     config = config_for_model(request) if args.config == "auto" else load_config(args.config)
-    check_mode(args.mode, config)
+    check_mode(args, config)
     if config.session.load is None:
         raise ConfigError(f"config {config.name!r} does not say how to load and run a session ([session] load): "
                           "drive it from Python with trace_session()")
     return config, config.function(config.session.load)(request, config)
 
 
-def check_mode(mode: str | None, config: Any) -> None:
-    if mode is not None and mode not in config.session.modes:
+def check_mode(args: argparse.Namespace, config: Any) -> None:
+    """The mode and the settings over it must be the config's: a mode it lists, settings its modes hold."""
+    mode, modes = args.mode, config.session.modes
+    if mode is not None and mode not in modes:
         raise SessionError(f"--mode {mode}: config {config.name!r} has "
-                           + (f"modes {', '.join(config.session.modes)}" if config.session.modes else "no modes; leave "
-                              "--mode out"))
+                           + (f"modes {', '.join(modes)}" if modes else "no modes; leave --mode out"))
+    known = {key for settings in modes.values() for key in settings}
+    unknown = [f"--{key.replace('_', '-')}" for key in settings_of(args) if key not in known]
+    if unknown:
+        raise SessionError(f"{', '.join(unknown)}: config {config.name!r} has no such session setting"
+                           + (f" (its modes set {', '.join(sorted(known))})" if known else "") + "; leave it out")
 
 
 def report_from_events(path: Path, config: str, allow_incomplete: bool) -> Any:
@@ -192,6 +210,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         print(to_text(report))
         console.print("wrote " + ", ".join(str(p) for p in [*paths.values(), *extras]))
         note_missing_svg(args, console)
+        warn(report, console)
         return 0
     check_device(args.device)
     from loopmeta.sessions.progress import LiveProgress
@@ -213,6 +232,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
     note_missing_svg(args, console)
+    warn(report, console)
     return 0
 
 
@@ -223,6 +243,14 @@ def note_missing_svg(args: argparse.Namespace, console: Any) -> None:
     reason = None if args.no_svg else svg_missing_reason()
     if reason:
         console.print(f"note: {reason}", markup=False, highlight=False)
+
+
+def warn(report: Any, console: Any) -> None:
+    """The report's warnings, last and loud on the console (the report's every form carries them too)."""
+    from rich.text import Text
+
+    for warning in report.warnings:
+        console.print(Text("WARNING: ", style="bold red") + Text(warning, style="bold"), highlight=False)
 
 
 def carry_work(report: Any, saved: Path) -> None:

@@ -25,6 +25,10 @@ the first forward); they are counted in step 0."""
 EXTRACT_ERROR = "extract_error"
 """An extractor raised (or returned something unusable); the message names the call. No report is made from it."""
 
+IMAGE_POSITIONS = "image_positions"
+"""On the step target's lane of a prefill: the input positions that image features fill (set by the config's step
+extractor); every lane total the config lists in `[[image_positions]]` must equal it, else the report warns."""
+
 STEP_KEYS = (STEP, PHASE, BEFORE_FIRST_FORWARD)
 """Keys every call of a step carries alike: shown once per step, not on every loop."""
 

@@ -5,7 +5,8 @@ A config names the root classes it applies to, version pins, an optional adapter
 the session driver), the stages, one `[[targets]]` table per role and, optionally, how a session is driven
 (`[session]`). Patterns are addresses rooted at the object the user instruments, with `[%d]` for one integer index:
 `model.layers[%d].mlp` matches `model.layers.3.mlp`; `""` is the root. Loading checks every key's type and that every
-function the config names exists in its adapter, so a bad config fails here, never inside a forward.
+function the config names exists in its adapter, so a bad config fails here, never inside a forward. A config may
+`include` fragments (`shared/*.toml`): one source of truth for what several model versions share.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ class Rebind:
 
 
 @dataclass(frozen=True)
+class PositionTotal:
+    """`[[image_positions]]`: a lane total that must equal the image positions of every prefill (the step lane's
+    `image_positions`): the sum of lane `key` over the calls of `role` in that step. `what` names the total in the
+    report's warning, `hint` says what a mismatch means and what to do."""
+
+    role: str
+    key: str
+    what: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
 class SessionSpec:
     """How a session of this model version is driven (`[session]`); every function is the adapter's."""
 
@@ -85,6 +98,7 @@ class ModelConfig:
     rebind: tuple[Rebind, ...] = ()
     session: SessionSpec = SessionSpec()
     reads_values: tuple[str, ...] = ()  # the tensor values its extractors read, each said in words (else none)
+    image_positions: tuple[PositionTotal, ...] = ()  # lane totals each prefill's image positions must equal
 
     @cached_property
     def adapter_module(self) -> ModuleType | None:
@@ -132,9 +146,11 @@ _TARGET_TYPES: dict[str, type | tuple[type, type]] = {
     "role": str, "pattern": str, "stage": str, "classes": (list, str), "required": bool, "step": bool,
     "on_enter": str, "on_exit": str, "axis": str, "select": bool, "distinguish": (list, str)}
 _REBIND_TYPES: dict[str, type] = {"module_of": str, "name": str, "replacement": str}
+_TOTAL_TYPES: dict[str, type] = {"role": str, "key": str, "what": str, "hint": str}
 _TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (list, str), "adapter": str,
                               "stages": (list, str), "requires": (dict, str), "targets": list, "trace": dict,
-                              "session": dict, "reads_values": (list, str)}
+                              "session": dict, "reads_values": (list, str), "include": (list, str),
+                              "image_positions": list}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
     "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str,
     "prompt": str, "bounds": str}
@@ -166,13 +182,40 @@ class _Checker:
         return {k: self.value(f"{where} {k}", v, types[k]) for k, v in raw.items()}
 
 
-def _parse(path: Path) -> ModelConfig:
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read model config {path}: {exc}") from None
+
+
+def _with_includes(raw: dict[str, Any], path: Path, check: _Checker) -> dict[str, Any]:
+    """The config with its `include`d fragments (paths relative to its own file) merged in, in order: a fragment's
+    lists (its [[targets]]) are appended after the config's own, its tables fill in the keys the config leaves out,
+    its other values count only where the config has none. A fragment includes nothing further."""
+    merged = {k: v for k, v in raw.items() if k != "include"}
+    for name in check.value("include", raw.get("include", []), (list, str)):
+        fragment = _read(path.parent / name)
+        if "include" in fragment:
+            raise ConfigError(f"config {check.name!r}: fragment {name} includes further fragments; only a config "
+                              "may include")
+        for key, value in fragment.items():
+            mine = merged.get(key)
+            if isinstance(mine, list) and isinstance(value, list):
+                merged[key] = mine + value
+            elif isinstance(mine, dict) and isinstance(value, dict):
+                merged[key] = {**value, **mine}
+            elif key not in merged:
+                merged[key] = value
+    return merged
+
+
+def _parse(path: Path) -> ModelConfig:
+    raw = _read(path)
     name = raw.get("name") if isinstance(raw.get("name"), str) else path.stem
     check = _Checker(name)
+    check.table("the top level", raw, _TOP_TYPES)
+    raw = _with_includes(raw, path, check)
     check.table("the top level", raw, _TOP_TYPES)
     targets = [Target(**check.table(f"target #{i}", t, _TARGET_TYPES, ("role", "pattern")))
                for i, t in enumerate(raw.get("targets", []))]
@@ -197,7 +240,14 @@ def _parse(path: Path) -> ModelConfig:
         rebind=tuple(Rebind(**check.table(f"[[trace.rebind]] #{i}", r, _REBIND_TYPES, tuple(_REBIND_TYPES)))
                      for i, r in enumerate(check.table("[trace]", raw.get("trace", {}), {"rebind": list})
                                            .get("rebind", []))),
-        session=session, reads_values=check.value("reads_values", raw.get("reads_values", []), (list, str)))
+        session=session, reads_values=check.value("reads_values", raw.get("reads_values", []), (list, str)),
+        image_positions=tuple(PositionTotal(**check.table(f"[[image_positions]] #{i}", t, _TOTAL_TYPES,
+                                                          ("role", "key", "what")))
+                              for i, t in enumerate(raw.get("image_positions", []))))
+    roles = {t.role for t in targets}
+    unknown = [total.role for total in config.image_positions if total.role not in roles]
+    if unknown:
+        raise ConfigError(f"config {name!r}: [[image_positions]] names roles {unknown} that no target has")
     _check_specifiers(config)
     named = [f for t in targets for f in (t.on_enter, t.on_exit)]
     named += [r.replacement for r in config.rebind] + [session.load, session.probe, session.bounds]

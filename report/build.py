@@ -17,6 +17,7 @@ from ..merge.loops import Hints, Loop, LoopBuilder, check_exact, walk
 from ..model_configs.config import ModelConfig
 from .completeness import complete_part
 from .moe import moe_table
+from .positions import position_warnings
 from .schema import Report
 from .stages import stage_view
 
@@ -141,5 +142,6 @@ def session_report(events: EventTable | list[CallEvent], config: ModelConfig | N
     return Report(model_class=model_class, config=config.name if config else None, source="events",
                   loops=loops, counts=counts, steps=_steps(table, step_role), moe=moe_table(table),
                   notes=_notes(table, step_role), incomplete=incomplete,
+                  warnings=position_warnings(table, config, step_role),
                   reads_values=list(config.reads_values) if config else [],
                   stage_view=stage_view(loops, config.stages if config else (), step_role))

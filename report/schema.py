@@ -17,7 +17,7 @@ from ..errors import ReportFileError
 from ..merge.loops import Loop, Variant, check_exact
 
 REPORT_SCHEMA = "loopmeta.report"
-REPORT_VERSION = 3  # 3: the work section (docs/report-format.md#work)
+REPORT_VERSION = 3  # 3: the work section (docs/report-format.md#work); `warnings` may be absent (read as none)
 READABLE_VERSIONS = (2, 3)
 
 
@@ -36,6 +36,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     incomplete: str | None = None  # "incomplete: ended after step N (why)" when the session did not end normally
     reads_values: list[str] = field(default_factory=list)  # the tensor values the config's extractors read
+    warnings: list[str] = field(default_factory=list)  # what the session got wrong silently (report/positions.py)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION}

@@ -23,6 +23,7 @@ class SessionRequest:
     image: Path | None = None
     prompt: str | None = None  # None: the config's `[session] prompt`
     mode: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # named settings over the mode's (e.g. --image-size)
     max_new_tokens: int = 4
     device: str = "cpu"
     dtype: str | None = None  # None: the config's `[session] dtype`, else float32

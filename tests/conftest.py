@@ -84,6 +84,10 @@ def transformers_major() -> int:
 
 needs_transformers5 = pytest.mark.skipif(
     transformers_major() < 5, reason="DeepSeek-OCR 2 ships natively only in transformers 5.x")
+needs_transformers4 = pytest.mark.skipif(
+    transformers_major() >= 5, reason="DeepSeek-OCR 2's remote code runs only on transformers 4.45-4.47 (its Qwen2 "
+                                      "encoder subclasses 4.x's Qwen2Model and relies on its _update_causal_mask); so "
+                                      "does its stub")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 Sections: the loop nest drawing (`report.svg`'s SVG, when the `dot` program exists) and its text, the stage view
 per step group, the steps with a chart of their lengths, the MoE ledger as a heat map, the work and roofline tables
-when the report has a work section, and the notes. An incomplete report says so first, as in every other form.
+when the report has a work section, and the notes. An incomplete report says so first, then its warnings, as in
+every other form.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 12px; }
 table { border-collapse: collapse; margin: .5em 0; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: .25em .6em; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.incomplete { background: #ffebe9; border: 1px solid #cf222e; padding: .6em; font-weight: bold; }
+.incomplete, .warning { background: #ffebe9; border: 1px solid #cf222e; padding: .6em; font-weight: bold; }
 .figure { overflow-x: auto; } .figure svg { max-width: 100%; height: auto; }
 """
 
@@ -63,6 +64,7 @@ def to_html(report: Report, drawing: str | None, drawing_missing: str = "no draw
     parts = [f"<h1>loopmeta report: {escape(report.model_class)}</h1>"]
     if report.incomplete:
         parts.append(f'<p class="incomplete">{escape(report.incomplete)}</p>')
+    parts += [f'<p class="warning">WARNING: {escape(w)}</p>' for w in report.warnings]
     parts.append(f"<p>config {escape(report.config or 'none (config-free)')}, from {escape(report.source)}; "
                  f"{len(report.counts)} instrumented nodes, {sum(report.counts.values())} calls</p>")
     parts.append(_section("Loop nest", _figure(drawing, drawing_missing),

@@ -16,6 +16,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def to_markdown(report: Report) -> str:
     lines = [f"# loopmeta report: {report.model_class}", ""]
     lines += [f"> **{report.incomplete}**", ""] if report.incomplete else []
+    lines += [line for w in report.warnings for line in (f"> **WARNING: {w}**", "")]
     if report.source == "events":
         lines += ["- tensor values read: " + ("; ".join(report.reads_values) or "none (shapes and Python values only)")]
     lines += [f"- config: {report.config or 'none (config-free)'}", f"- source: {report.source}",

@@ -31,6 +31,7 @@ def to_text(report: Report) -> str:
     parts = [f"loopmeta report: {report.model_class}"
              + (f" (config {report.config})" if report.config else " (config-free)") + f", from {report.source}"]
     parts += [report.incomplete] if report.incomplete else []
+    parts += [f"WARNING: {w}" for w in report.warnings]
     if report.source == "events":
         parts += ["tensor values read: " + ("; ".join(report.reads_values) or "none (shapes and Python values only)")]
     parts += [""] + loop_lines(report.loops)

@@ -140,7 +140,9 @@ def get_abs_pos_sam(abs_pos: torch.Tensor, hw) -> torch.Tensor:
 
 
 class ImageEncoderViT(nn.Module):
-    def __init__(self, config) -> None:
+    """SAM ViT-B; ``net_3`` emits ``out_chans`` channels (default the CLIP width; DeepSeek-OCR 2: its encoder's)."""
+
+    def __init__(self, config, out_chans=None) -> None:
         super().__init__()
         c = config.sam_width
         grid = config.sam_img_size // config.sam_patch_size
@@ -159,8 +161,8 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(nc),
         )
         self.net_2 = nn.Conv2d(nc, config.sam_net2_chans, kernel_size=3, stride=2, padding=1, bias=False)
-        self.net_3 = nn.Conv2d(config.sam_net2_chans, config.clip_width, kernel_size=3, stride=2, padding=1,
-                               bias=False)
+        self.net_3 = nn.Conv2d(config.sam_net2_chans, out_chans or config.clip_width, kernel_size=3, stride=2,
+                               padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, 3, S, S] -> [B, clip_width, S/64, S/64]  (640 -> 10x10, 1024 -> 16x16)

@@ -12,12 +12,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from transformers import DynamicCache
 
 from .configuration_deepseek_v2 import StubConfig
 from .deepencoder import MlpProjector, build_clip_l, build_sam_vit_b
-from .modeling_deepseekv2 import CausalLMOutputWithPast, DeepseekV2Model
+from .modeling_deepseekv2 import DeepseekV2ForCausalLM, DeepseekV2Model
 
 CROP_SIZE = 640  # local crops are always 640x640 (the vendor does not pass image_size on)
 TOKENS_PER_CROP_SIDE = CROP_SIZE // 64  # 10 -> 100 tokens per crop
@@ -240,120 +238,8 @@ class DeepseekOCRModel(DeepseekV2Model):
         )
 
 
-class DeepseekOCRForCausalLM(nn.Module):
-    _IGNORED_GENERATE_KWARGS = ("no_repeat_ngram_size", "do_sample", "temperature", "streamer")
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
-        self.model = DeepseekOCRModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def get_model(self) -> DeepseekOCRModel:
-        return self.model
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
-        past_key_values=None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        images=None,
-        images_seq_mask: Optional[torch.BoolTensor] = None,
-        images_spatial_crop: Optional[torch.LongTensor] = None,
-        return_dict: Optional[bool] = None,
-    ):
-        return_dict = True if return_dict is None else return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            images=images,
-            images_seq_mask=images_seq_mask,
-            images_spatial_crop=images_spatial_crop,
-            return_dict=True,
-        )
-        hidden_states = outputs.last_hidden_state
-        logits = self.lm_head(hidden_states).float()  # all positions, also in prefill
-
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                   ignore_index=-100)
-        if not return_dict:
-            out = (logits, outputs.past_key_values, outputs.hidden_states, outputs.attentions)
-            out = tuple(v for v in out if v is not None)
-            return ((loss,) + out) if loss is not None else out
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor,
-        images=None,
-        images_seq_mask: Optional[torch.BoolTensor] = None,
-        images_spatial_crop: Optional[torch.LongTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        max_new_tokens: int = 20,
-        eos_token_id: Optional[int] = None,
-        use_cache: bool = True,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """Greedy decoding. Forward 1 is the prefill over the whole prompt; each later forward feeds one token
-        with the KV cache (``DynamicCache``), a grown attention mask and the images again (vision skips itself
-        because the input length is 1). Makes exactly ``max_new_tokens`` forwards unless every row hit EOS."""
-        unknown = set(generate_kwargs) - set(self._IGNORED_GENERATE_KWARGS)
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unknown)}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        pad = self.config.pad_token_id
-        sequences = input_ids
-        cache = DynamicCache() if use_cache else None
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for step in range(max_new_tokens):
-            cur_ids = sequences[:, -1:] if (use_cache and step > 0) else sequences
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -cur_ids.shape[1]:]
-            out = self(
-                input_ids=cur_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=use_cache,
-                images=images,
-                images_seq_mask=images_seq_mask,
-                images_spatial_crop=images_spatial_crop,
-                return_dict=True,
-            )
-            if use_cache:
-                cache = out.past_key_values
-            next_tokens = out.logits[:, -1, :].argmax(dim=-1)
-            if eos_token_id is not None:
-                next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
-            if eos_token_id is not None:
-                finished = finished | (next_tokens == eos_token_id)
-                if bool(finished.all()):
-                    break
-        return sequences
+class DeepseekOCRForCausalLM(DeepseekV2ForCausalLM):
+    model_class = DeepseekOCRModel
 
     def prepare_infer_inputs(self, tokenizer=None, prompt: str = IMAGE_TAG + "\nFree OCR. ",
                              image_size: Optional[Sequence[int]] = None, base_size: int = 1024,

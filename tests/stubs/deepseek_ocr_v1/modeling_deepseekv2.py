@@ -1,7 +1,8 @@
 """Stub of DeepSeek-OCR v1 ``modeling_deepseekv2.py``: the DeepseekV2 LLM with MoE, eager MHA (use_mla = false).
 
 Test double written from docs/models/deepseek-ocr-v1.md: class names, attribute names and call order as in
-the vendor, tiny widths. Pure torch plus ``transformers.DynamicCache`` (``update(k, v, layer_idx)`` and
+the vendor, tiny widths. The vendor ships this file unchanged with DeepSeek-OCR 2's remote code, so the OCR 2 stub
+loads it too (tests/stubs/deepseek_ocr2_remote). Pure torch plus ``transformers.DynamicCache`` (``update(k, v, layer_idx)`` and
 ``get_seq_length()``, identical in transformers 4.46 and 5.x). Not vendor code.
 """
 from __future__ import annotations
@@ -352,3 +353,124 @@ class DeepseekV2Model(nn.Module):
             hidden_states=all_hidden,
             attentions=all_attn,
         )
+
+
+class DeepseekV2ForCausalLM(nn.Module):
+    """The LLM and its head, with the image arguments of DeepSeek-OCR's forward (v1 and 2 call their vision encoders
+    inside ``model``), and a greedy ``generate`` standing in for transformers' (stub). Subclasses set
+    ``model_class``, the ``model`` they run."""
+
+    model_class = DeepseekV2Model
+    _IGNORED_GENERATE_KWARGS = ("no_repeat_ngram_size", "do_sample", "temperature", "streamer")
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.model = self.model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def get_model(self) -> DeepseekV2Model:
+        return self.model
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values=None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        images=None,
+        images_seq_mask: Optional[torch.BoolTensor] = None,
+        images_spatial_crop: Optional[torch.LongTensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        return_dict = True if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            images=images,
+            images_seq_mask=images_seq_mask,
+            images_spatial_crop=images_spatial_crop,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(hidden_states).float()  # all positions, also in prefill
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        if not return_dict:
+            out = (logits, outputs.past_key_values, outputs.hidden_states, outputs.attentions)
+            out = tuple(v for v in out if v is not None)
+            return ((loss,) + out) if loss is not None else out
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        images=None,
+        images_seq_mask: Optional[torch.BoolTensor] = None,
+        images_spatial_crop: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        max_new_tokens: int = 20,
+        eos_token_id: Optional[int] = None,
+        use_cache: bool = True,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Greedy decoding. Forward 1 is the prefill over the whole prompt; each later forward feeds one token
+        with the KV cache (``DynamicCache``), a grown attention mask and the images again (vision skips itself
+        because the input length is 1). Makes exactly ``max_new_tokens`` forwards unless every row hit EOS."""
+        unknown = set(generate_kwargs) - set(self._IGNORED_GENERATE_KWARGS)
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unknown)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad = self.config.pad_token_id
+        sequences = input_ids
+        cache = DynamicCache() if use_cache else None
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            cur_ids = sequences[:, -1:] if (use_cache and step > 0) else sequences
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -cur_ids.shape[1]:]
+            out = self(
+                input_ids=cur_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=use_cache,
+                images=images,
+                images_seq_mask=images_seq_mask,
+                images_spatial_crop=images_spatial_crop,
+                return_dict=True,
+            )
+            if use_cache:
+                cache = out.past_key_values
+            next_tokens = out.logits[:, -1, :].argmax(dim=-1)
+            if eos_token_id is not None:
+                next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
+            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
+            if eos_token_id is not None:
+                finished = finished | (next_tokens == eos_token_id)
+                if bool(finished.all()):
+                    break
+        return sequences

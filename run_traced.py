@@ -41,6 +41,15 @@ def option(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def page(text: str) -> Any:
+    from loopmeta.sessions.pages import page_spec
+
+    try:
+        return page_spec(text)
+    except LoopmetaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def kinds(text: str) -> list[str]:
     chosen = [k.strip() for k in text.split(",") if k.strip()]
     wrong = [k for k in chosen if k not in ("genz", "llm-viewer", "csv")]
@@ -69,7 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (DeepSeek-OCR v1, "
                    "DeepSeek-OCR 2 remote code)")
-    p.add_argument("--image", type=Path, help="image file (default: a synthetic 1600x1200 document page)")
+    p.add_argument("--image", action="append", type=page, default=[], metavar="FILE|synthetic:WxH",
+                   help="a page: an image file or a synthetic page of that size (default: synthetic:1600x1200); "
+                        "repeat for a batch of pages, one sample each (image-text models)")
     p.add_argument("--prompt", help="prompt with one <image> tag (default: the model config's prompt)")
     p.add_argument("--mode", help="resolution mode, for models whose config lists modes (DeepSeek-OCR v1: tiny, "
                                    "small, base, large, gundam; default gundam. DeepSeek-OCR 2 remote code: card, "
@@ -119,7 +130,7 @@ def request_of(args: argparse.Namespace) -> Any:
     from loopmeta.sessions.contract import SessionRequest
 
     return SessionRequest(model=args.model, builtin=args.builtin, revision=args.revision,
-                          trust_remote_code=args.trust_remote_code, image=args.image, prompt=args.prompt,
+                          trust_remote_code=args.trust_remote_code, images=tuple(args.image), prompt=args.prompt,
                           mode=args.mode, settings=settings_of(args), max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                           attn_implementation=args.attn_implementation,
                           experts_implementation=args.experts_implementation, out=args.out)

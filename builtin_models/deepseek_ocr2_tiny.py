@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -250,7 +249,18 @@ def prepare_inputs(processor, image, prompt: str = DEFAULT_PROMPT, dtype: torch.
     (sum K, 3, 768, 768). ``image`` may be one PIL image or a list (one ``<image>`` per image in ``prompt``).
     ``dtype`` casts the pixel tensors (e.g. to match a bfloat16 model).
     """
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    return _cast(processor(images=image, text=prompt, return_tensors="pt"), dtype)
+
+
+def prepare_batch(processor, pages: list, prompt: str = DEFAULT_PROMPT, dtype: torch.dtype | None = None):
+    """A batch of pages, one sample each with the same prompt, left-padded to the longest (the tokenizer pads on
+    the left); one page is `prepare_inputs`."""
+    if len(pages) == 1:
+        return prepare_inputs(processor, pages[0], prompt, dtype)
+    return _cast(processor(images=pages, text=[prompt] * len(pages), padding=True, return_tensors="pt"), dtype)
+
+
+def _cast(inputs, dtype: torch.dtype | None):
     if dtype is not None:
         for key in ("pixel_values", "pixel_values_local"):
             if key in inputs:
@@ -259,7 +269,8 @@ def prepare_inputs(processor, image, prompt: str = DEFAULT_PROMPT, dtype: torch.
 
 
 def builtin_session(request: SessionRequest) -> Session:
-    """The command line's default session: this model at `request.builtin` size, one page, `generate()`."""
+    """The command line's default session: this model at `request.builtin` size, `generate()` on one page or a
+    batch of pages."""
     if not is_available():
         import transformers
 
@@ -277,12 +288,14 @@ def builtin_session(request: SessionRequest) -> Session:
     except (ValueError, KeyError, TypeError) as exc:
         raise SessionError(f"cannot prepare the built-in session: {exc}. Check --experts-implementation") from None
 
-    def page(image: Path | None) -> Callable[[], Any]:
+    def pages(images: tuple) -> Callable[[], Any]:
         try:
-            inputs = prepare_inputs(processor, load_image(image), prompt, dtype).to(request.device)
+            inputs = prepare_batch(processor, [load_image(i) for i in images or (None,)], prompt, dtype)
         except (ValueError, KeyError, TypeError) as exc:
             raise SessionError(f"cannot prepare the built-in session: {exc}. Check --prompt (one <image> tag)") \
                 from None
+        inputs = inputs.to(request.device)
         return lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
 
-    return Session(model, page(request.image), f"built-in {request.builtin} random-weight DeepSeek-OCR 2", page=page)
+    return Session(model, pages(request.images), f"built-in {request.builtin} random-weight DeepSeek-OCR 2",
+                   page=lambda image: pages((image,)))

@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--probe-first", action="store_true",
                    help="trace rank 0's first page with TorchLens as well and check that it aligns with the events")
     args = p.parse_args(argv)
-    args.image = None
+    args.image = []  # the pages come from --pages, one session each
+    args.base_size = args.image_size = args.crop_mode = None  # infer() settings: its models run no corpus
     return args
 
 

@@ -124,6 +124,8 @@ def infer_settings(request: SessionRequest, config: Any) -> tuple[str, dict[str,
     mode = request.mode or config.session.default_mode
     if mode not in modes:
         raise SessionError(f"unknown mode {mode!r} for {config.name}: use --mode with one of {', '.join(modes)}")
+    if len(request.images) > 1 or isinstance(request.image, tuple):
+        raise SessionError(f"{config.name} runs the vendor's infer(), which takes one image file: pass one --image FILE")
     if request.image is None or "<image>" not in prompt_of(request, config):
         raise SessionError(f"{config.name} runs the vendor's infer(), which needs an image: pass --image and a "
                            "prompt with an <image> tag")

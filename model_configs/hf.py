@@ -3,7 +3,6 @@ image-text model with its processor, and the `generate()` probe (docs/models/*.m
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, SessionError
@@ -78,7 +77,8 @@ def generate_probe(args: tuple, kwargs: dict[str, Any], steps: int) -> tuple[tup
 
 
 def image_text_session(request: SessionRequest, config: Any) -> Session:
-    """An `AutoModelForImageTextToText` with its `AutoProcessor`, run as `generate()` on one image and prompt."""
+    """An `AutoModelForImageTextToText` with its `AutoProcessor`, run as `generate()` on one page, or on a batch of
+    pages with one prompt each."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..sessions.pages import load_image
@@ -94,12 +94,14 @@ def image_text_session(request: SessionRequest, config: Any) -> Session:
                          ) from None
     model = model.eval().to(request.device)
 
-    def page(image: Path | None) -> Callable[[], Any]:
-        inputs = prepared(model, request, lambda: processor(images=load_image(image), text=prompt_of(request, config),
-                                                            return_tensors="pt"))
+    def pages(images: tuple) -> Callable[[], Any]:
+        loaded, prompt = [load_image(i) for i in images or (None,)], prompt_of(request, config)
+        batch = dict(images=loaded, text=[prompt] * len(loaded), padding=True) if len(loaded) > 1 else \
+            dict(images=loaded[0], text=prompt)  # a batch: one sample per page, padded to the longest
+        inputs = prepared(model, request, lambda: processor(**batch, return_tensors="pt"))
         return lambda: model.generate(**inputs, max_new_tokens=request.max_new_tokens, do_sample=False)
 
-    return Session(model, page(request.image), request.model, page=page)
+    return Session(model, pages(request.images), request.model, page=lambda image: pages((image,)))
 
 
 def prepared(model: Any, request: SessionRequest, process: Any) -> Any:

@@ -20,7 +20,7 @@ class SessionRequest:
     builtin: str = "tiny"
     revision: str | None = None
     trust_remote_code: bool = False
-    image: Path | None = None
+    images: tuple[Path | tuple[int, int], ...] = ()  # image files or synthetic page sizes (w, h); () = the default
     prompt: str | None = None  # None: the config's `[session] prompt`
     mode: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # named settings over the mode's (e.g. --image-size)
@@ -30,6 +30,11 @@ class SessionRequest:
     attn_implementation: str | None = None
     experts_implementation: str | None = None
     out: Path = Path("loopmeta-out")
+
+    @property
+    def image(self) -> Path | tuple[int, int] | None:
+        """The first image asked for (None: none, the driver's default page)."""
+        return self.images[0] if self.images else None
 
 
 @dataclass

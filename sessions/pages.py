@@ -8,10 +8,24 @@ from typing import Any
 from ..errors import SessionError
 
 
-def load_image(path: Path | None, size: tuple[int, int] = (1600, 1200)) -> Any:
-    """The RGB image at `path`, or a synthetic page of `size` (width, height) when `path` is None."""
-    if path is None:
-        return synthetic_page(*size)
+SYNTHETIC = "synthetic:"
+
+
+def page_spec(text: str) -> Path | tuple[int, int]:
+    """A command-line page: `synthetic:WIDTHxHEIGHT` (a synthetic page of that size) or an image file's path."""
+    if not text.startswith(SYNTHETIC):
+        return Path(text)
+    w, x, h = text[len(SYNTHETIC):].partition("x")
+    if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise SessionError(f"{text!r}: a synthetic page reads synthetic:WIDTHxHEIGHT, e.g. synthetic:1600x1200")
+    return int(w), int(h)
+
+
+def load_image(path: Path | tuple[int, int] | None, size: tuple[int, int] = (1600, 1200)) -> Any:
+    """The RGB image at `path`, a synthetic page of the size `path` gives (width, height), or of `size` when `path`
+    is None."""
+    if path is None or isinstance(path, tuple):
+        return synthetic_page(*(path or size))
     from PIL import Image
 
     if not Path(path).is_file():

@@ -143,3 +143,47 @@ def test_rounds_only_where_the_calls_alternate(alternate):
     box = dot[dot.find("_rounds {"):] if alternate else ""
     assert ("_rounds {" in dot) == alternate
     assert not alternate or ('label="rounds: 2 rounds' in box and "a parfor 2" in box and "b parfor 2" in box)
+
+
+@needs_transformers5
+def test_a_batch_of_pages_from_the_command_line(cli, tmp_path):
+    """`--image` twice: one sample per page; the report's images and padding equal the processor's own outputs."""
+    import json
+
+    from loopmeta.builtin_models import deepseek_ocr2_tiny as tiny
+
+    code, err = cli("--out", tmp_path, "--max-new-tokens", 2, "--no-torchlens", "--no-svg", "--no-html", "--no-trace",
+                    "--image", "synthetic:1600x1200", "--image", "synthetic:640x480")
+    assert code == 0, err
+    inputs = tiny.build_processor()(images=[synthetic_page(1600, 1200), synthetic_page(640, 480)],
+                                    text=[tiny.DEFAULT_PROMPT] * 2, padding=True, return_tensors="pt")
+    prefill = json.loads((tmp_path / "report.json").read_text())["steps"][0]
+    image_id = tiny.IMAGE_TOKEN_ID
+    assert prefill["images"] == [{"crops": k, "tokens": int((row == image_id).sum())}
+                                 for k, row in zip(inputs["num_local_patches"].tolist(), inputs["input_ids"])]
+    assert prefill["real_tokens"] == inputs["attention_mask"].sum(dim=1).tolist()
+    assert prefill["batch"] == 2 and prefill["seq_len"] == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("bad", ["synthetic:0x5", "synthetic:12", "synthetic:axb"])
+def test_a_malformed_synthetic_page_is_refused(cli, tmp_path, bad):
+    code, err = cli("--out", tmp_path, "--image", bad)
+    assert code == 2 and "synthetic:WIDTHxHEIGHT" in err
+
+
+@pytest.mark.parametrize("images", [("a.png", "b.png"), ((800, 600),)])
+def test_infer_sessions_take_one_image_file(images, tmp_path):
+    """The vendor's infer() reads one image file: a batch or a synthetic page is refused before anything loads."""
+    from pathlib import Path
+
+    from loopmeta.errors import SessionError
+    from loopmeta.model_configs.deepseek_remote import infer_settings
+    from loopmeta.sessions.contract import SessionRequest
+
+    pages = tuple(tmp_path / p if isinstance(p, str) else p for p in images)
+    for p in pages:
+        if isinstance(p, Path):
+            p.write_bytes(b"")
+    for config in ("deepseek_ocr_v1", "deepseek_ocr2_remote"):
+        with pytest.raises(SessionError, match="takes one image file"):
+            infer_settings(SessionRequest(model="m", images=pages), load_config(config))

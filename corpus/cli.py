@@ -21,7 +21,7 @@ from typing import Any
 
 from ..common.files import write_atomically
 from ..errors import LoopmetaError, SessionError
-from ..run_traced import check_device, fail, load_session, option, positive
+from ..cli import check_device, fail, load_session, option, positive
 from . import store
 from .pages import Page, image_file, list_pages
 from .shards import Group, Rank, device_of, shard, this_rank

@@ -296,3 +296,12 @@ def test_pages_of_folders_globs_and_pdfs(tmp_path):
     assert nothing.error == "--pages *.jpg: no file matches"
     with pytest.raises(SessionError, match="given twice"):
         list_pages([str(folder), str(folder / "a.png")])
+
+
+def test_the_corpus_options_make_a_session_request():
+    """The corpus parser gives every field the shared session request reads (no model needed)."""
+    from loopmeta.cli import request_of
+    from loopmeta.corpus.cli import parse_args
+
+    request = request_of(parse_args(["--pages", "pages", "--max-new-tokens", "2"]))
+    assert (request.images, request.settings, request.max_new_tokens, request.model) == ((), {}, 2, None)

@@ -101,7 +101,7 @@ LAYERS = {
     "exports": {"work", "report"}, "writers": {"report", "merge", "events", "work", "exports"},
     "pipeline": {"patches", "merge", "probe", "report", "model_configs", "events", "work"},
     "traces": {"events"},
-    "corpus": {"run_traced", "pipeline", "events", "merge", "report", "writers"},
+    "corpus": {"cli", "pipeline", "events", "merge", "report", "writers"},
 }
 
 

@@ -49,9 +49,12 @@ EXPERTS_IMPLEMENTATION = "experts_implementation"
 IMAGES = "images"
 """On a step whose forward received images: one dict per image of the batch, in order, with `crops` (local views;
 0 without crops), `grid` (`colsxrows`, only where the model receives it) and `tokens` (image positions its
-features fill, when known). The model assembles them image by image, in a loop that calls no module."""
+features fill, when known)."""
+IMAGES_BATCHED = "images_batched"
+"""True on such a step when the crops of all its images ran through the vision calls as one batch and were split
+per image afterwards by code that calls no module: the per-image split is then visible only in `IMAGES`."""
 REAL_TOKENS = "real_tokens"
 """On a prefill step of more than one sample: per sample, the prompt positions that are not padding (from the
 attention mask, a declared value read); `seq_len` - real_tokens[i] positions of sample i are padding."""
-INPUT_KEYS = (IMAGES, REAL_TOKENS)
+INPUT_KEYS = (IMAGES, IMAGES_BATCHED, REAL_TOKENS)
 """Keys the report words out once per step (report/inputs.py), not printed as `key=value`."""

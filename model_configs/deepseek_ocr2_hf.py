@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..events.lanes import EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, IMAGES, TOKENS_PER_EXPERT, TOP_K
+from ..events.lanes import (EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, IMAGES, IMAGES_BATCHED,
+                            TOKENS_PER_EXPERT, TOP_K)
 from .hf import generate_probe, image_text_session, padded_step  # noqa: F401  (functions named in the TOML)
 from .shapes import resolution
 
@@ -44,7 +45,7 @@ def step_images(call: Any, result: Any) -> dict[str, Any]:
         tokens = int(f.shape[0])
         crops, rest = divmod(tokens - GLOBAL_TOKENS - 1, TILE_TOKENS)
         images.append({"crops": crops, "tokens": tokens} if not rest and crops >= 0 else {"tokens": tokens})
-    return {IMAGES: images}
+    return {IMAGES: images, IMAGES_BATCHED: True}  # all crops in one vision call, split per image after it
 
 
 def projector_view(call: Any) -> dict[str, Any]:

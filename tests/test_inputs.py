@@ -55,10 +55,9 @@ def test_each_image_has_its_crops_and_tokens(batch):
     (tower,) = [l for l in walk(report.loops) if l.address == "model.vision_tower"]
     assert [lane["batch"] for lane in tower.lanes] == [len(PAGES), sum(crops)]  # the split is of this one call
     text = to_text(report)
-    assert (f"step 0: 3 images, their features assembled one image after another (a loop over the images that calls "
-            f"no module): image 0: 6 crops + global view = {tokens[0]} image tokens; image 1: 2 crops + global view "
-            f"= {tokens[1]} image tokens; image 2: global view only = {tokens[2]} image tokens; local views in one "
-            "batch: 6+2+0 = 8") in text
+    assert (f"step 0: 3 images: image 0: 6 crops + global view = {tokens[0]} image tokens; image 1: 2 crops + global "
+            f"view = {tokens[1]} image tokens; image 2: global view only = {tokens[2]} image tokens; the crops ran as "
+            "one batch of 6+2+0 = 8, split per image afterwards by a loop that calls no module") in text
     assert "images=" not in text  # worded once, never dumped as a lane
 
 
@@ -72,7 +71,8 @@ def test_padding_is_counted_per_sample(batch):
     assert report.steps[0]["real_tokens"] == real
     padded = positions - sum(real)
     line = (f"padding: {padded} of {positions} prefill positions ({100 * padded / positions:.1f}%) are padding (real "
-            f"tokens per sample {'/'.join(map(str, real))}); MoE token counts and GEMM M include them")
+            f"tokens per sample {'/'.join(map(str, real))}); every layer processes them: GEMM M (and MoE token counts, "
+            "where there are experts) include them")
     assert line in to_text(report) and line in to_markdown(report)
     moe = next(l for l in walk(report.loops) if l.role == "llm.moe")
     assert moe.lanes[0]["tokens"] == positions  # the MoE call did route the padding positions

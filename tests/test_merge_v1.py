@@ -94,7 +94,7 @@ def test_images_and_view_rounds_match_the_inputs_and_the_call_order(traced, v1_m
     assert {tuple(find(report.loops, address=a)[0].rounds) for a in vision} == {vision}
     assert ("rounds over view: 2 rounds, each calls model.sam_model, then model.vision_model, then model.projector"
             in to_text(report))
-    assert f"image 0: {patches.shape[0]} crops (grid {cols}x{rows}) + global view" in to_text(report)
+    assert f"step 0: 1 image: image 0: {patches.shape[0]} crops (grid {cols}x{rows}) + global view\n" in to_text(report)
 
 
 def test_expansion_equals_independent_hook_counts(traced, v1_model):

@@ -129,6 +129,8 @@ def test_two_ranks_equal_the_pages_one_by_one(two_ranks, oracle, singles):
     assert hist["crops"] == Counter(single.crops for single in singles.values())
     assert hist["image_tokens"] == Counter(single.image_tokens for single in singles.values())
     assert set(hist["crops"]) >= {0, 6}
+    (tower,) = [entry for entry in data["loops"] if entry["loop"] == "model.vision_tower"]
+    assert tower["kind"] == "parfor"  # one call on the pages without crops, two on the others
     assert data["bounds"]["prefill_len"]["max"] == max(r.steps[0]["seq_len"] for r in reports)
     load: dict[tuple[int, int], int] = defaultdict(int)
     for r in reports:
@@ -270,6 +272,20 @@ def test_command_line_errors_are_one_line(tmp_path):
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr and done.stderr.strip(), args
     assert "no such folder or file" in done.stderr or "positive" in done.stderr
+
+
+def test_a_loop_that_is_one_call_on_some_pages_is_a_parfor(tmp_path):
+    """The kind of a loop over the pages: parfor when a parfor on some page, though a single call on others."""
+    from loopmeta.corpus import aggregate, store
+
+    for page, kind, bound in (("a", "call", 1), ("b", "parfor", 3), ("c", "parfor", 2)):
+        store.write_part(tmp_path, "loops", page, {
+            "page": [page] * 2, "loop": ["tower", "layers[0..1]"], "kind": [kind, "for"], "bound": [bound, 2],
+            "axis": ["view", "layer"], "role": ["r", "r"], "stage": ["s", "s"]})
+        store.write_part(tmp_path, "sessions", page, {"page": [page], "rank": [0], "status": ["ok"]})
+    loops = {entry["loop"]: entry for entry in aggregate.corpus(tmp_path, ["a", "b", "c"])["loops"]}
+    assert (loops["tower"]["kind"], loops["layers[0..1]"]["kind"]) == ("parfor", "for")
+    assert [(d["bound"], d["pages"]) for d in loops["tower"]["distribution"]] == [(1, 1), (2, 1), (3, 1)]
 
 
 def test_corpus_modules_import_light():

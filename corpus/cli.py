@@ -10,6 +10,7 @@ died or was stopped), 2 for a command-line error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..common.files import write_atomically
 from ..errors import LoopmetaError, SessionError
@@ -68,13 +69,21 @@ def main(argv: list[str]) -> int:
     rank = this_rank()
     try:
         pages = list_pages(args.pages)
-        args.out.mkdir(parents=True, exist_ok=True)
+        with writing(args.out):
+            args.out.mkdir(parents=True, exist_ok=True)
         return run(args, pages, rank, console)
     except LoopmetaError as exc:
         fail(console, rank.tag + str(exc))
-    except OSError as exc:
-        fail(console, f"{rank.tag}cannot use --out {args.out}: {exc.strerror}; pass a writable folder")
     return 2
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """An OSError while the store, the run metadata or the summaries are written: a one-line refusal naming --out."""
+    try:
+        yield
+    except OSError as exc:
+        raise SessionError(f"cannot use --out {out}: {exc.strerror or exc}; pass a writable folder") from None
 
 
 def run(args: argparse.Namespace, pages: list[Page], rank: Rank, console: Any) -> int:
@@ -95,12 +104,14 @@ def run(args: argparse.Namespace, pages: list[Page], rank: Rank, console: Any) -
                 stopped = True
                 console.print(f"{rank.tag}stopped; the finished pages are kept in {args.out}", highlight=False)
             meta["finished"] = time.time()
-            _write_meta(args.out, meta)
+            with writing(args.out):
+                _write_meta(args.out, meta)
             complete = not stopped and group.barrier()
             if not rank.leader:
                 return 0 if complete else 1
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the merge is short: finish it when told to stop
-            return merge(args.out, pages, complete, console)
+            with writing(args.out):
+                return merge(args.out, pages, complete, console)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -128,11 +139,12 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
     for i, page in enumerate(todo, 1):
         start = time.perf_counter()
         probe = args.probe_first and rank.leader and page is todo[0] and not meta["skipped"]
-        line = run_one(args, page, config, session, rank, probe)
-        if probe:
-            meta["probe"] = {"page": page.id, "outcome": line}  # the TorchLens check: ok, or the alignment error
-        meta["ran"].append(page.id)
-        _write_meta(args.out, meta)
+        with writing(args.out):
+            line = run_one(args, page, config, session, rank, probe)
+            if probe:
+                meta["probe"] = {"page": page.id, "outcome": line}  # the TorchLens check: ok, or the alignment error
+            meta["ran"].append(page.id)
+            _write_meta(args.out, meta)
         console.print(f"{rank.tag}{i}/{len(todo)} {page.id}: {line} ({time.perf_counter() - start:.1f} s)",
                       highlight=False, markup=False)
 

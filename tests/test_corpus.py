@@ -274,6 +274,25 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert "no such folder or file" in done.stderr or "positive" in done.stderr
 
 
+def test_an_oserror_names_out_only_when_writing_it(tmp_path, monkeypatch, capsys):
+    """A failed store write is a one-line refusal with the error's text (pyarrow's have no strerror); an OSError
+    elsewhere (here: loading the model) is not reported as a problem of --out."""
+    from loopmeta.corpus import cli, store
+
+    def full(*args, **kwargs):
+        raise OSError("quota exceeded")
+
+    (tmp_path / "empty").mkdir()  # a source without pages: an error row, written without running a model
+    argv = ["--pages", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    monkeypatch.setattr(cli, "load_session", lambda *a, **k: (SimpleNamespace(name="c"), SimpleNamespace(page=id)))
+    monkeypatch.setattr(store, "write_part", full)
+    assert cli.main(argv) == 2
+    assert f"cannot use --out {tmp_path / 'out'}: quota exceeded; pass a writable folder" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_session", full)
+    with pytest.raises(OSError, match="quota exceeded"):
+        cli.main(argv)
+
+
 def test_a_loop_that_is_one_call_on_some_pages_is_a_parfor(tmp_path):
     """The kind of a loop over the pages: parfor when a parfor on some page, though a single call on others."""
     from loopmeta.corpus import aggregate, store

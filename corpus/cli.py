@@ -2,9 +2,10 @@
 waits at a barrier, then aggregates with DuckDB and writes corpus.json, corpus.md and corpus.html (docs/corpus.md).
 
 A page that fails is a row with its error and the rest runs; a rank that dies leaves the finished pages of every
-rank in the store and the summary lists the pages without a result; a rerun with the same `--out` skips the
-finished pages. Exit status: 0 when every page ran (with a result or its error), 1 when some did not (a rank
-died or was stopped), 2 for a command-line error.
+rank in the store and the summary lists the pages without a result; a rerun with the same `--out` and options runs
+the pages without a result or with an error (other options are refused: the store records the run's). Exit status:
+0 when every page ran (with a result or its error), 1 when some did not (a rank died or was stopped), 2 for a
+command-line error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from .pages import Page, image_file, list_pages
 from .shards import Group, Rank, device_of, shard, this_rank
 
 
+SPEC_OPTIONS = ("model", "revision", "trust_remote_code", "prompt", "mode", "max_new_tokens", "dtype",
+                "attn_implementation", "experts_implementation", "config")  # spec_of adds --option and --builtin
+
+
 class Stopped(BaseException):
     """SIGTERM (torchrun stopping the ranks after one died) or Ctrl-C: stop, keep what is finished."""
 
@@ -37,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pages", action="append", default=[], metavar="DIR|GLOB|FILE.pdf",
                    help="page images and PDFs: a folder (searched recursively), a glob or a file; repeatable")
     p.add_argument("--out", type=Path, default=Path("loopmeta-corpus"), help="store and summary folder; a rerun "
-                   "with the same folder skips the finished pages (default loopmeta-corpus)")
+                   "with the same folder and options skips the pages with a result (default loopmeta-corpus)")
     p.add_argument("--model", help="hub id or local path (default: the built-in random-weight model)")
     p.add_argument("--builtin", default="tiny", help="size of the built-in model: tiny, quarter or full")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
@@ -71,10 +76,17 @@ def main(argv: list[str]) -> int:
         pages = list_pages(args.pages)
         with writing(args.out):
             args.out.mkdir(parents=True, exist_ok=True)
+            store.check_spec(args.out, spec_of(args))
         return run(args, pages, rank, console)
     except LoopmetaError as exc:
         fail(console, rank.tag + str(exc))
     return 2
+
+
+def spec_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that change a page's result, as given (not the ranks, the device, the pages or the paths)."""
+    return {**{key: getattr(args, key) for key in SPEC_OPTIONS}, "option": dict(args.option),
+            "builtin": args.builtin if args.model is None else None}
 
 
 @contextlib.contextmanager
@@ -136,6 +148,8 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
     if session.page is None:
         raise SessionError(f"the session driver of config {config.name!r} runs one page only: a corpus needs one "
                            "that gives a run per page (Session.page)")
+    with writing(args.out):
+        store.check_spec(args.out, spec_of(args), create=True)
     for i, page in enumerate(todo, 1):
         start = time.perf_counter()
         probe = args.probe_first and rank.leader and page is todo[0] and not meta["skipped"]

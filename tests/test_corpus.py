@@ -195,6 +195,33 @@ def test_one_rank_gives_the_same_corpus_json(two_ranks, pages):
     assert (out / "corpus.md").read_text() == (out_two / "corpus.md").read_text()
 
 
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@needs_transformers5
+def test_a_rerun_with_other_options_is_refused(two_ranks, pages):
+    """Every rank refuses a store run with other options, in one line naming them, and leaves the store alone."""
+    out, _ = two_ranks
+    before = snapshot(out)
+    done = run_corpus(1, pages, out, "--max-new-tokens", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"--max-new-tokens {NEW_TOKENS} there, 2 now" in line and "pass another --out" in line
+    both = run_corpus(2, pages, out, "--builtin", "quarter", "--option", "expert_ledger=false")
+    refusals = [line for line in both.stderr.splitlines() if "holds pages run with other options" in line]
+    assert both.returncode != 0 and "corpus/cli.py" not in both.stderr  # torchrun's own traceback aside
+    assert sorted(re.search(r"\[rank \d/2\]", line).group() for line in refusals) == ["[rank 0/2]", "[rank 1/2]"]
+    assert all('--builtin "tiny" there, "quarter" now' in line and "--option {} there" in line for line in refusals)
+    assert snapshot(out) == before
+    older = pages.parent / "older"
+    shutil.copytree(out, older)
+    (older / "store" / "spec.json").unlink()  # a store made before stores recorded their options
+    done = run_corpus(1, pages, older)
+    assert done.returncode == 2 and "no record of the options" in done.stderr and "Traceback" not in done.stderr
+
+
 @needs_transformers5
 def test_a_killed_rank_loses_only_its_unfinished_pages(pages, oracle):
     out = pages.parent / "killed"
@@ -291,6 +318,19 @@ def test_an_oserror_names_out_only_when_writing_it(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(cli, "load_session", full)
     with pytest.raises(OSError, match="quota exceeded"):
         cli.main(argv)
+
+
+def test_a_spec_file_is_created_once(tmp_path):
+    """Ranks racing to record the store's options: exactly one creates the file, and it holds that one's text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loopmeta.common.files import create_once
+
+    path = tmp_path / "spec.json"
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda i: create_once(path, f"{i}\n" * 1000), range(32)))
+    (winner,) = [i for i, ok in enumerate(made) if ok]
+    assert path.read_text() == f"{winner}\n" * 1000 and [p.name for p in tmp_path.iterdir()] == ["spec.json"]
 
 
 def test_a_loop_that_is_one_call_on_some_pages_is_a_parfor(tmp_path):

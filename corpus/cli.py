@@ -144,10 +144,9 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
     check_device(args.device)
     meta["device"] = args.device
     with console.status(f"{rank.tag}building the model"):
-        config, session = load_session(args)
+        config, session = load_session(args, accept=runs_pages)
     if session.page is None:
-        raise SessionError(f"the session driver of config {config.name!r} runs one page only: a corpus needs one "
-                           "that gives a run per page (Session.page)")
+        raise one_page(config, "its session driver gives no run per page (Session.page)")
     with writing(args.out):
         store.check_spec(args.out, spec_of(args), create=True)
     for i, page in enumerate(todo, 1):
@@ -161,6 +160,18 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
             _write_meta(args.out, meta)
         console.print(f"{rank.tag}{i}/{len(todo)} {page.id}: {line} ({time.perf_counter() - start:.1f} s)",
                       highlight=False, markup=False)
+
+
+def runs_pages(config: Any) -> None:
+    """Refuse, before its model loads, a config that declares one page per loaded model (`[session] per_page`)."""
+    if not config.session.per_page:
+        raise one_page(config, "its session driver takes one image file per loaded model ([session] per_page = "
+                               "false)")
+
+
+def one_page(config: Any, why: str) -> SessionError:
+    return SessionError(f"a corpus cannot run config {config.name!r}: {why}; trace its pages one at a time with "
+                        "`loopmeta --image PAGE`, or use a config that runs pages (docs/corpus.md#models)")
 
 
 def run_one(args: argparse.Namespace, page: Page, config: Any, session: Any, rank: Rank, probe: bool) -> str:

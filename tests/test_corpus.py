@@ -301,6 +301,23 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert "no such folder or file" in done.stderr or "positive" in done.stderr
 
 
+@pytest.mark.parametrize("config", ["deepseek_ocr_v1", "deepseek_ocr2_remote"])
+def test_configs_of_one_image_are_refused_before_loading(tmp_path, config):
+    """The configs driven by the vendor's infer() take one image file per loaded model: refused for what they are,
+    before any weight loads (the model folder does not even exist) and before the store is made."""
+    from loopmeta.sessions.pages import synthetic_page
+
+    (tmp_path / "pages").mkdir()
+    synthetic_page(64, 48).save(tmp_path / "pages" / "a.png")
+    done = subprocess.run(corpus_command(1, "--pages", str(tmp_path / "pages"), "--out", str(tmp_path / "out"),
+                                         "--model", str(tmp_path / "absent"), "--config", config, "--device", "cpu"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"a corpus cannot run config '{config}'" in line and "per_page" in line
+    assert not (tmp_path / "out" / "store").exists()
+
+
 def test_an_oserror_names_out_only_when_writing_it(tmp_path, monkeypatch, capsys):
     """A failed store write is a one-line refusal with the error's text (pyarrow's have no strerror); an OSError
     elsewhere (here: loading the model) is not reported as a problem of --out."""

@@ -274,9 +274,9 @@ def test_bad_pages_are_errors_and_the_rest_runs(tmp_path):
     first, second = synthetic_page(500, 700, seed=1), synthetic_page(900, 700, seed=2)
     first.save(folder / "doc.pdf", save_all=True, append_images=[second])
     (tmp_path / "empty").mkdir()
-    done = subprocess.run(corpus_command(1, "--pages", str(folder), "--pages", str(tmp_path / "empty"), "--out",
-                                         str(tmp_path / "out"), "--max-new-tokens", "2"),
-                          capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
+    command = corpus_command(1, "--pages", str(folder), "--pages", str(tmp_path / "empty"), "--out",
+                             str(tmp_path / "out"), "--max-new-tokens", "2")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "corpus.json").read_text())
     errors = {e["page"]: e["error"] for e in data["pages"]["errors"]}
@@ -289,6 +289,10 @@ def test_bad_pages_are_errors_and_the_rest_runs(tmp_path):
                                "union_by_name = true) WHERE status = 'ok'").fetchall())
     assert rendered["doc.pdf#1"] == round(500 * 150 / 72) and Image.open(folder / "good.png").size[0] == 640
     assert (tmp_path / "out" / "corpus.html").read_text().count("<svg") >= 2
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (rank,) = json.loads((tmp_path / "out" / "run.json").read_text())["ranks"]
+    assert sorted(rank["ran"]) == sorted(errors) and rank["skipped"] == 3  # errors run again, results do not
 
 
 def test_command_line_errors_are_one_line(tmp_path):

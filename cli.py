@@ -9,7 +9,7 @@ Imports are absolute (`loopmeta.…`) and heavy ones lazy, as in `run_traced.py`
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from loopmeta.errors import ConfigError, LoopmetaError, SessionError
 
@@ -62,7 +62,8 @@ def request_of(args: argparse.Namespace) -> Any:
 
     return SessionRequest(model=args.model, builtin=args.builtin, revision=args.revision,
                           trust_remote_code=args.trust_remote_code, images=tuple(args.image), prompt=args.prompt,
-                          mode=args.mode, settings=settings_of(args), max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                          mode=args.mode, settings=settings_of(args), max_new_tokens=args.max_new_tokens,
+                          device=args.device, dtype=args.dtype,
                           attn_implementation=args.attn_implementation,
                           experts_implementation=args.experts_implementation, out=args.out)
 
@@ -73,8 +74,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The config and the loaded session the options ask for (the built-in model when no --model is given)."""
+def load_session(args: argparse.Namespace, accept: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
+    """The config and the loaded session the options ask for (the built-in model when no --model is given).
+    `accept(config)` may refuse the chosen config: before its model loads (after, for the built-in model's own)."""
     from loopmeta.model_configs import config_for_model, detect_config, load_config
 
     request = request_of(args)
@@ -83,18 +85,18 @@ def load_session(args: argparse.Namespace) -> tuple[Any, Any]:
 
         session = default_session(request)
         config = detect_config(session.model) if args.config == "auto" else load_config(args.config)
-        check_mode(args, config)
+        check_config(args, config, accept)
         return config, session
     config = config_for_model(request) if args.config == "auto" else load_config(args.config)
-    check_mode(args, config)
+    check_config(args, config, accept)
     if config.session.load is None:
         raise ConfigError(f"config {config.name!r} does not say how to load and run a session ([session] load): "
                           "drive it from Python with trace_session()")
     return config, config.function(config.session.load)(request, config)
 
 
-def check_mode(args: argparse.Namespace, config: Any) -> None:
-    """The mode and the settings over it must be the config's: a mode it lists, settings its modes hold."""
+def check_config(args: argparse.Namespace, config: Any, accept: Callable[[Any], None] | None = None) -> None:
+    """The config must fit the options: a mode it lists, settings its modes hold; then `accept(config)`, if given."""
     mode, modes = args.mode, config.session.modes
     if mode is not None and mode not in modes:
         raise SessionError(f"--mode {mode}: config {config.name!r} has "
@@ -104,6 +106,8 @@ def check_mode(args: argparse.Namespace, config: Any) -> None:
     if unknown:
         raise SessionError(f"{', '.join(unknown)}: config {config.name!r} has no such session setting"
                            + (f" (its modes set {', '.join(sorted(known))})" if known else "") + "; leave it out")
+    if accept is not None:
+        accept(config)
 
 
 def fail(console: Any, message: str) -> None:

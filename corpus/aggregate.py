@@ -72,9 +72,11 @@ def page_counts(con: Any, pages: list[str], ok: int) -> dict[str, Any]:
 
 def loop_bounds(con: Any, ok: int) -> list[dict[str, Any]]:
     """Per loop that repeats on some page (a for, a select, or a parfor of more than one): its bound's
-    distribution over the pages with a result; `bound` 0 counts the pages where the loop does not run."""
+    distribution over the pages with a result; `bound` 0 counts the pages where the loop does not run. A loop that
+    is a single call on some pages and a parfor on others is a parfor."""
     loops = _rows(con, """
-        SELECT loop, max(kind) AS kind, any_value(axis) AS axis, any_value(stage) AS stage
+        SELECT loop, CASE WHEN bool_or(kind = 'parfor') THEN 'parfor' ELSE min(kind) END AS kind,
+               any_value(axis) AS axis, any_value(stage) AS stage
         FROM loops GROUP BY loop HAVING bool_or(kind <> 'call') OR max(bound) > 1 ORDER BY loop""")
     counts = _rows(con, "SELECT loop, bound, count(DISTINCT page) AS pages FROM loops GROUP BY loop, bound "
                         "ORDER BY loop, bound")

@@ -2,14 +2,16 @@
 waits at a barrier, then aggregates with DuckDB and writes corpus.json, corpus.md and corpus.html (docs/corpus.md).
 
 A page that fails is a row with its error and the rest runs; a rank that dies leaves the finished pages of every
-rank in the store and the summary lists the pages without a result; a rerun with the same `--out` skips the
-finished pages. Exit status: 0 when every page ran (with a result or its error), 1 when some did not (a rank
-died or was stopped), 2 for a command-line error.
+rank in the store and the summary lists the pages without a result; a rerun with the same `--out` and options runs
+the pages without a result or with an error (other options are refused: the store records the run's). Exit status:
+0 when every page ran (with a result or its error), 1 when some did not (a rank died or was stopped), 2 for a
+command-line error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..common.files import write_atomically
 from ..errors import LoopmetaError, SessionError
@@ -25,6 +27,10 @@ from ..cli import check_device, fail, load_session, option, positive
 from . import store
 from .pages import Page, image_file, list_pages
 from .shards import Group, Rank, device_of, shard, this_rank
+
+
+SPEC_OPTIONS = ("model", "revision", "trust_remote_code", "prompt", "mode", "max_new_tokens", "dtype",
+                "attn_implementation", "experts_implementation", "config")  # spec_of adds --option and --builtin
 
 
 class Stopped(BaseException):
@@ -36,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pages", action="append", default=[], metavar="DIR|GLOB|FILE.pdf",
                    help="page images and PDFs: a folder (searched recursively), a glob or a file; repeatable")
     p.add_argument("--out", type=Path, default=Path("loopmeta-corpus"), help="store and summary folder; a rerun "
-                   "with the same folder skips the finished pages (default loopmeta-corpus)")
+                   "with the same folder and options skips the pages with a result (default loopmeta-corpus)")
     p.add_argument("--model", help="hub id or local path (default: the built-in random-weight model)")
     p.add_argument("--builtin", default="tiny", help="size of the built-in model: tiny, quarter or full")
     p.add_argument("--revision", help="model revision (branch, tag or commit)")
@@ -68,13 +74,28 @@ def main(argv: list[str]) -> int:
     rank = this_rank()
     try:
         pages = list_pages(args.pages)
-        args.out.mkdir(parents=True, exist_ok=True)
+        with writing(args.out):
+            args.out.mkdir(parents=True, exist_ok=True)
+            store.check_spec(args.out, spec_of(args))
         return run(args, pages, rank, console)
     except LoopmetaError as exc:
         fail(console, rank.tag + str(exc))
-    except OSError as exc:
-        fail(console, f"{rank.tag}cannot use --out {args.out}: {exc.strerror}; pass a writable folder")
     return 2
+
+
+def spec_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that change a page's result, as given (not the ranks, the device, the pages or the paths)."""
+    return {**{key: getattr(args, key) for key in SPEC_OPTIONS}, "option": dict(args.option),
+            "builtin": args.builtin if args.model is None else None}
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """An OSError while the store, the run metadata or the summaries are written: a one-line refusal naming --out."""
+    try:
+        yield
+    except OSError as exc:
+        raise SessionError(f"cannot use --out {out}: {exc.strerror or exc}; pass a writable folder") from None
 
 
 def run(args: argparse.Namespace, pages: list[Page], rank: Rank, console: Any) -> int:
@@ -95,12 +116,14 @@ def run(args: argparse.Namespace, pages: list[Page], rank: Rank, console: Any) -
                 stopped = True
                 console.print(f"{rank.tag}stopped; the finished pages are kept in {args.out}", highlight=False)
             meta["finished"] = time.time()
-            _write_meta(args.out, meta)
+            with writing(args.out):
+                _write_meta(args.out, meta)
             complete = not stopped and group.barrier()
             if not rank.leader:
                 return 0 if complete else 1
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the merge is short: finish it when told to stop
-            return merge(args.out, pages, complete, console)
+            with writing(args.out):
+                return merge(args.out, pages, complete, console)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -121,20 +144,34 @@ def run_pages(args: argparse.Namespace, todo: list[Page], rank: Rank, meta: dict
     check_device(args.device)
     meta["device"] = args.device
     with console.status(f"{rank.tag}building the model"):
-        config, session = load_session(args)
+        config, session = load_session(args, accept=runs_pages)
     if session.page is None:
-        raise SessionError(f"the session driver of config {config.name!r} runs one page only: a corpus needs one "
-                           "that gives a run per page (Session.page)")
+        raise one_page(config, "its session driver gives no run per page (Session.page)")
+    with writing(args.out):
+        store.check_spec(args.out, spec_of(args), create=True)
     for i, page in enumerate(todo, 1):
         start = time.perf_counter()
         probe = args.probe_first and rank.leader and page is todo[0] and not meta["skipped"]
-        line = run_one(args, page, config, session, rank, probe)
-        if probe:
-            meta["probe"] = {"page": page.id, "outcome": line}  # the TorchLens check: ok, or the alignment error
-        meta["ran"].append(page.id)
-        _write_meta(args.out, meta)
+        with writing(args.out):
+            line = run_one(args, page, config, session, rank, probe)
+            if probe:
+                meta["probe"] = {"page": page.id, "outcome": line}  # the TorchLens check: ok, or the alignment error
+            meta["ran"].append(page.id)
+            _write_meta(args.out, meta)
         console.print(f"{rank.tag}{i}/{len(todo)} {page.id}: {line} ({time.perf_counter() - start:.1f} s)",
                       highlight=False, markup=False)
+
+
+def runs_pages(config: Any) -> None:
+    """Refuse, before its model loads, a config that declares one page per loaded model (`[session] per_page`)."""
+    if not config.session.per_page:
+        raise one_page(config, "its session driver takes one image file per loaded model ([session] per_page = "
+                               "false)")
+
+
+def one_page(config: Any, why: str) -> SessionError:
+    return SessionError(f"a corpus cannot run config {config.name!r}: {why}; trace its pages one at a time with "
+                        "`loopmeta --image PAGE`, or use a config that runs pages (docs/corpus.md#models)")
 
 
 def run_one(args: argparse.Namespace, page: Page, config: Any, session: Any, rank: Rank, probe: bool) -> str:

@@ -6,7 +6,9 @@ row per MoE call and expert hit) and `sessions` (one row per page: its bounds, o
 file is written last: a page is finished when it has one with status `ok`, so a rank killed mid-page leaves no
 half page that counts, and a rerun skips exactly the finished pages. Lane fields become typed columns `lane_<key>`
 (int64, double, bool, string, list of int64; anything else JSON text). Every file carries the store version in its
-schema metadata. pyarrow is imported inside the functions.
+schema metadata. `spec.json` beside the tables holds the session spec of the run that made the store: the options
+that change a page's result, and the store version; a rerun with another is refused. pyarrow is imported inside the
+functions.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..common.files import replacing
+from ..common.files import create_once, replacing
+from ..errors import SessionError
 
 STORE_VERSION = 1
 VERSION_KEY = b"loopmeta.corpus.version"
 TABLES = ("calls", "loops", "experts", "sessions")
 OK, ERROR = "ok", "error"
+SPEC = "spec.json"
 
 
 def part_path(out: Path, table: str, key: str) -> Path:
@@ -94,3 +98,34 @@ def finished(out: Path) -> dict[str, str]:
 
 def files(out: Path, table: str) -> list[Path]:
     return sorted((out / "store" / table).glob("*.parquet"))
+
+
+def check_spec(out: Path, spec: dict[str, Any], create: bool = False) -> None:
+    """Refuse a store made with another session spec (`spec`: option name -> value as given), or one with pages
+    and no spec (made before stores recorded theirs). With `create`, record `spec` in a store without one: when
+    ranks race, the first file made wins and the others compare with it."""
+    path = out / "store" / SPEC
+    spec = json.loads(json.dumps({"store_version": STORE_VERSION, **spec}))
+    if files(out, "sessions") and not path.exists():  # pages first: a spec is made before any page
+        raise SessionError(f"--out {out} holds a store with no record of the options it was run with (an older "
+                           "loopmeta made it): pass another --out")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if create_once(path, json.dumps(spec, indent=1, sort_keys=True) + "\n"):
+            return
+    if not path.exists():
+        return
+    there = json.loads(path.read_text(encoding="utf-8"))
+    differ = [k for k in sorted(set(there) | set(spec)) if there.get(k) != spec.get(k)]
+    if differ:
+        shown = "; ".join(f"{_flag(k)} {_shown(there.get(k))} there, {_shown(spec.get(k))} now" for k in differ)
+        raise SessionError(f"--out {out} holds pages run with other options ({shown}): rerun with the same options "
+                           "to resume it, or pass another --out")
+
+
+def _flag(key: str) -> str:
+    return "store version" if key == "store_version" else "--" + key.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, sort_keys=True)

@@ -83,6 +83,7 @@ class SessionSpec:
     dtype: str | None = None  # the model dtype the session needs (None: the user's choice, float32 by default)
     prompt: str | None = None  # the prompt when the user gives none
     bounds: str | None = None  # function(table: EventTable) -> dict: the session's named loop bounds (docs/corpus.md)
+    per_page: bool = True  # the loaded session runs any page (Session.page): a corpus can run it (docs/corpus.md)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ _TOP_TYPES: dict[str, Any] = {"name": str, "description": str, "root_classes": (
                               "image_positions": list}
 _SESSION_TYPES: dict[str, type | tuple[type, type]] = {
     "load": str, "probe_method": str, "probe": str, "modes": (dict, dict), "default_mode": str, "dtype": str,
-    "prompt": str, "bounds": str}
+    "prompt": str, "bounds": str, "per_page": bool}
 
 
 class _Checker:

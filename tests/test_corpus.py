@@ -1,6 +1,7 @@
 """`loopmeta corpus`: a dozen synthetic pages on the built-in model, with one and two ranks (torchrun, gloo), a rank
 killed mid-run, bad pages. Every aggregate is checked against the per-page reports built one by one with the
-single-session path (`trace_session`, events only), never against the corpus code's own output."""
+single-session path (`trace_session`, events only) or against the processor's and generate()'s own outputs, never
+against the corpus code's own output."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,8 +65,10 @@ def pages(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def oracle(pages):
-    """page id -> the report of that page alone, from the single-session path (events only)."""
+def singles(pages):
+    """page id -> that page alone: its report from the single-session path (events only), and from the processor
+    and generate() themselves its crops (`num_local_patches`), image tokens (the image token id in `input_ids`)
+    and tokens made (generate's output past the prompt)."""
     import torch
 
     from loopmeta.builtin_models.deepseek_ocr2_tiny import build_model, build_processor, prepare_inputs
@@ -74,15 +78,25 @@ def oracle(pages):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the corpus runs (torchrun's OMP_NUM_THREADS=1)
     model, processor = build_model(), build_processor()
-    reports = {}
+    found = {}
     try:
         for path in sorted(pages.iterdir()):
             inputs = prepare_inputs(processor, load_image(path))
-            reports[path.name], _ = trace_session(
+            report, output = trace_session(
                 model, lambda: model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False), probe=None)
+            ids = inputs["input_ids"]
+            found[path.name] = SimpleNamespace(
+                report=report, crops=int(inputs["num_local_patches"].sum()), made=output.shape[1] - ids.shape[1],
+                image_tokens=int((ids == model.config.image_token_id).sum()))
     finally:
         torch.set_num_threads(threads)
-    return reports
+    return found
+
+
+@pytest.fixture(scope="module")
+def oracle(singles):
+    """page id -> the report of that page alone."""
+    return {page: single.report for page, single in singles.items()}
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +112,8 @@ def loop(data: dict, name: str) -> dict[int, int]:
     return {d["bound"]: d["pages"] for d in found["distribution"]}
 
 
-def vision_batches(report, view: str) -> int:
-    """The batch of the vision tower's call on `view` (0 when it has none), from the report's loop lanes."""
-    (tower,) = [lp for lp in report.loops if lp.address == "model.vision_tower"]
-    return sum(lane["batch"] for lane in tower.lanes if lane["view"] == view)
-
-
 @needs_transformers5
-def test_two_ranks_equal_the_pages_one_by_one(two_ranks, oracle):
+def test_two_ranks_equal_the_pages_one_by_one(two_ranks, oracle, singles):
     out, done = two_ranks
     data = json.loads((out / "corpus.json").read_text())
     reports = oracle.values()
@@ -117,10 +125,12 @@ def test_two_ranks_equal_the_pages_one_by_one(two_ranks, oracle):
     assert {d["bound"]: d["pages"] for d in steps["distribution"]} == Counter(r.counts[""] for r in reports)
     hist = {name: dict(map(tuple, b["histogram"])) for name, b in data["bounds"].items()}
     assert hist["prefill_len"] == Counter(r.steps[0]["seq_len"] for r in reports)
-    assert hist["generated_tokens"] == Counter(len(r.steps) for r in reports)
-    assert hist["crops"] == Counter(vision_batches(r, "local") for r in reports)
-    assert hist["image_tokens"] == Counter(256 + 144 * vision_batches(r, "local") + 1 for r in reports)  # docs rule
+    assert hist["generated_tokens"] == Counter(single.made for single in singles.values())
+    assert hist["crops"] == Counter(single.crops for single in singles.values())
+    assert hist["image_tokens"] == Counter(single.image_tokens for single in singles.values())
     assert set(hist["crops"]) >= {0, 6}
+    (tower,) = [entry for entry in data["loops"] if entry["loop"] == "model.vision_tower"]
+    assert tower["kind"] == "parfor"  # one call on the pages without crops, two on the others
     assert data["bounds"]["prefill_len"]["max"] == max(r.steps[0]["seq_len"] for r in reports)
     load: dict[tuple[int, int], int] = defaultdict(int)
     for r in reports:
@@ -156,13 +166,13 @@ def test_the_store_answers_sql(two_ranks, oracle):
 
 
 @needs_transformers5
-def test_the_documented_queries_run(two_ranks, oracle, monkeypatch):
+def test_the_documented_queries_run(two_ranks, oracle, singles, monkeypatch):
     """docs/corpus.md's three example queries run on a store, from its folder, and agree with the page reports."""
     out, _ = two_ranks
     queries = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "corpus.md").read_text(), re.S)
     monkeypatch.chdir(out)
     crops, busiest, calls = (duckdb.sql(q).fetchall() for q in queries)
-    assert {row[0]: row[1] for row in crops} == Counter(vision_batches(r, "local") for r in oracle.values())
+    assert {row[0]: row[1] for row in crops} == Counter(single.crops for single in singles.values())
     decode: dict[tuple[int, int], int] = defaultdict(int)
     for r in oracle.values():
         for row in r.moe["rows"]:
@@ -183,6 +193,33 @@ def test_one_rank_gives_the_same_corpus_json(two_ranks, pages):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "corpus.json").read_bytes() == (out_two / "corpus.json").read_bytes()
     assert (out / "corpus.md").read_text() == (out_two / "corpus.md").read_text()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@needs_transformers5
+def test_a_rerun_with_other_options_is_refused(two_ranks, pages):
+    """Every rank refuses a store run with other options, in one line naming them, and leaves the store alone."""
+    out, _ = two_ranks
+    before = snapshot(out)
+    done = run_corpus(1, pages, out, "--max-new-tokens", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"--max-new-tokens {NEW_TOKENS} there, 2 now" in line and "pass another --out" in line
+    both = run_corpus(2, pages, out, "--builtin", "quarter", "--option", "expert_ledger=false")
+    refusals = [line for line in both.stderr.splitlines() if "holds pages run with other options" in line]
+    assert both.returncode != 0 and "corpus/cli.py" not in both.stderr  # torchrun's own traceback aside
+    assert sorted(re.search(r"\[rank \d/2\]", line).group() for line in refusals) == ["[rank 0/2]", "[rank 1/2]"]
+    assert all('--builtin "tiny" there, "quarter" now' in line and "--option {} there" in line for line in refusals)
+    assert snapshot(out) == before
+    older = pages.parent / "older"
+    shutil.copytree(out, older)
+    (older / "store" / "spec.json").unlink()  # a store made before stores recorded their options
+    done = run_corpus(1, pages, older)
+    assert done.returncode == 2 and "no record of the options" in done.stderr and "Traceback" not in done.stderr
 
 
 @needs_transformers5
@@ -237,9 +274,9 @@ def test_bad_pages_are_errors_and_the_rest_runs(tmp_path):
     first, second = synthetic_page(500, 700, seed=1), synthetic_page(900, 700, seed=2)
     first.save(folder / "doc.pdf", save_all=True, append_images=[second])
     (tmp_path / "empty").mkdir()
-    done = subprocess.run(corpus_command(1, "--pages", str(folder), "--pages", str(tmp_path / "empty"), "--out",
-                                         str(tmp_path / "out"), "--max-new-tokens", "2"),
-                          capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
+    command = corpus_command(1, "--pages", str(folder), "--pages", str(tmp_path / "empty"), "--out",
+                             str(tmp_path / "out"), "--max-new-tokens", "2")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "corpus.json").read_text())
     errors = {e["page"]: e["error"] for e in data["pages"]["errors"]}
@@ -252,6 +289,10 @@ def test_bad_pages_are_errors_and_the_rest_runs(tmp_path):
                                "union_by_name = true) WHERE status = 'ok'").fetchall())
     assert rendered["doc.pdf#1"] == round(500 * 150 / 72) and Image.open(folder / "good.png").size[0] == 640
     assert (tmp_path / "out" / "corpus.html").read_text().count("<svg") >= 2
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (rank,) = json.loads((tmp_path / "out" / "run.json").read_text())["ranks"]
+    assert sorted(rank["ran"]) == sorted(errors) and rank["skipped"] == 3  # errors run again, results do not
 
 
 def test_command_line_errors_are_one_line(tmp_path):
@@ -262,6 +303,69 @@ def test_command_line_errors_are_one_line(tmp_path):
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr and done.stderr.strip(), args
     assert "no such folder or file" in done.stderr or "positive" in done.stderr
+
+
+@pytest.mark.parametrize("config", ["deepseek_ocr_v1", "deepseek_ocr2_remote"])
+def test_configs_of_one_image_are_refused_before_loading(tmp_path, config):
+    """The configs driven by the vendor's infer() take one image file per loaded model: refused for what they are,
+    before any weight loads (the model folder does not even exist) and before the store is made."""
+    from loopmeta.sessions.pages import synthetic_page
+
+    (tmp_path / "pages").mkdir()
+    synthetic_page(64, 48).save(tmp_path / "pages" / "a.png")
+    done = subprocess.run(corpus_command(1, "--pages", str(tmp_path / "pages"), "--out", str(tmp_path / "out"),
+                                         "--model", str(tmp_path / "absent"), "--config", config, "--device", "cpu"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"a corpus cannot run config '{config}'" in line and "per_page" in line
+    assert not (tmp_path / "out" / "store").exists()
+
+
+def test_an_oserror_names_out_only_when_writing_it(tmp_path, monkeypatch, capsys):
+    """A failed store write is a one-line refusal with the error's text (pyarrow's have no strerror); an OSError
+    elsewhere (here: loading the model) is not reported as a problem of --out."""
+    from loopmeta.corpus import cli, store
+
+    def full(*args, **kwargs):
+        raise OSError("quota exceeded")
+
+    (tmp_path / "empty").mkdir()  # a source without pages: an error row, written without running a model
+    argv = ["--pages", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    monkeypatch.setattr(cli, "load_session", lambda *a, **k: (SimpleNamespace(name="c"), SimpleNamespace(page=id)))
+    monkeypatch.setattr(store, "write_part", full)
+    assert cli.main(argv) == 2
+    assert f"cannot use --out {tmp_path / 'out'}: quota exceeded; pass a writable folder" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_session", full)
+    with pytest.raises(OSError, match="quota exceeded"):
+        cli.main(argv)
+
+
+def test_a_spec_file_is_created_once(tmp_path):
+    """Ranks racing to record the store's options: exactly one creates the file, and it holds that one's text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loopmeta.common.files import create_once
+
+    path = tmp_path / "spec.json"
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda i: create_once(path, f"{i}\n" * 1000), range(32)))
+    (winner,) = [i for i, ok in enumerate(made) if ok]
+    assert path.read_text() == f"{winner}\n" * 1000 and [p.name for p in tmp_path.iterdir()] == ["spec.json"]
+
+
+def test_a_loop_that_is_one_call_on_some_pages_is_a_parfor(tmp_path):
+    """The kind of a loop over the pages: parfor when a parfor on some page, though a single call on others."""
+    from loopmeta.corpus import aggregate, store
+
+    for page, kind, bound in (("a", "call", 1), ("b", "parfor", 3), ("c", "parfor", 2)):
+        store.write_part(tmp_path, "loops", page, {
+            "page": [page] * 2, "loop": ["tower", "layers[0..1]"], "kind": [kind, "for"], "bound": [bound, 2],
+            "axis": ["view", "layer"], "role": ["r", "r"], "stage": ["s", "s"]})
+        store.write_part(tmp_path, "sessions", page, {"page": [page], "rank": [0], "status": ["ok"]})
+    loops = {entry["loop"]: entry for entry in aggregate.corpus(tmp_path, ["a", "b", "c"])["loops"]}
+    assert (loops["tower"]["kind"], loops["layers[0..1]"]["kind"]) == ("parfor", "for")
+    assert [(d["bound"], d["pages"]) for d in loops["tower"]["distribution"]] == [(1, 1), (2, 1), (3, 1)]
 
 
 def test_corpus_modules_import_light():

@@ -81,17 +81,11 @@ def moe_done(call: Any, result: Any) -> dict[str, Any]:
 
 
 def page_bounds(table: Any) -> dict[str, int]:
-    """A page's vision bounds for a corpus, from its calls: `views` (vision-tower calls: 1, or 2 with crops),
-    `images` (the global view's batch), `crops` (the local view's batch, 0 without crops) and `image_tokens` (what
-    the projector emits plus one separator per image: 256 + 144 per crop + 1)."""
-    out = {"views": 0, "images": 0, "crops": 0, "image_tokens": 0}
+    """A page's vision bounds for a corpus: `views` (vision-tower calls: 1, or 2 with crops), and from the step
+    lane `images` (`step_images`) the `images`, their `crops` and their `image_tokens`."""
     c = table.columns
-    for node, lane in zip(c["node"], c["lane"]):
-        role, lane = table.nodes[node].role, table.lanes[lane]
-        if role == "vision.tower":
-            out["views"] += 1
-            out["images" if lane["view"] == "global" else "crops"] += lane["batch"]
-        elif role == "projector":
-            out["image_tokens"] += lane["batch"] * lane["tokens"]
-    out["image_tokens"] += out["images"]
-    return out
+    roles = [table.nodes[node].role for node in c["node"]]
+    images = [image for lane in c["lane"] for image in table.lanes[lane].get(IMAGES, [])]
+    return {"views": roles.count("vision.tower"), "images": len(images),
+            "crops": sum(image.get("crops", 0) for image in images),
+            "image_tokens": sum(image["tokens"] for image in images)}

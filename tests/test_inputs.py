@@ -140,7 +140,12 @@ def test_rounds_only_where_the_calls_alternate(alternate):
     assert loops["a"].rounds == (["a", "b"] if alternate else [])
     assert ("rounds: 2 rounds, each calls a, then b" in to_text(report)) == alternate
     dot = to_dot(report)  # the drawing puts both parfors in one dotted box naming the rounds
-    box = dot[dot.find("_rounds {"):] if alternate else ""
+    box, depth = "", 0  # the dotted box's own DOT text, up to its closing brace
+    for char in dot[dot.find("_rounds {"):] if alternate else "":
+        box += char
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "}" and depth == 0:
+            break
     assert ("_rounds {" in dot) == alternate
     assert not alternate or ('label="rounds: 2 rounds' in box and "a parfor 2" in box and "b parfor 2" in box)
 

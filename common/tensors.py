@@ -26,15 +26,26 @@ def tensor_leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def call_leaves(args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
-    """`tensor_leaves(args) + tensor_leaves(kwargs)` in one pass: the tensors a call receives, positional first.
-    Cheap enough for every recorded call: a name is built only for a tensor or a container."""
-    out: list[tuple[str, Any]] = []
+def call_metas(args: tuple, kwargs: dict) -> tuple[tuple[Any, ...], ...]:
+    """(name, shape, dtype, device) of the tensors a call receives (`tensor_leaves(args) + tensor_leaves(kwargs)`,
+    positional first) as torch gives them, in one pass: a hashable key, what the recorder reads per call. Cheap
+    enough for every recorded call: a name is built only for a tensor or a container."""
+    out: list[tuple[Any, ...]] = []
     if args:
-        _collect(args, "", 0, out)
+        _collect(args, "", 0, out, True)
     if kwargs:
-        _collect(kwargs, "", 0, out)
-    return out
+        _collect(kwargs, "", 0, out, True)
+    return tuple(out)
+
+
+def result_metas(value: Any) -> tuple[tuple[Any, ...], ...]:
+    """`call_metas` of what a call returned (`tensor_leaves` order)."""
+    if isinstance(value, _TENSOR[0] if _TENSOR else _tensor()):
+        return (("", value.shape, value.dtype, value.device),)
+    out: list[tuple[Any, ...]] = []
+    if isinstance(value, _CONTAINERS):
+        _collect(value, "", 0, out, True)
+    return tuple(out)
 
 
 _CONTAINERS = (list, tuple, dict)
@@ -50,7 +61,8 @@ def _tensor() -> type:
     return _TENSOR[0]
 
 
-def _collect(item: Any, name: str, depth: int, out: list[tuple[str, Any]]) -> None:
+def _collect(item: Any, name: str, depth: int, out: list[tuple[Any, ...]], metas: bool = False) -> None:
+    """Append (name, tensor), or with `metas` (name, shape, dtype, device), for each tensor in `item`."""
     tensor = _TENSOR[0] if _TENSOR else _tensor()
     if isinstance(item, dict):
         pairs: Any = item.items()
@@ -60,9 +72,10 @@ def _collect(item: Any, name: str, depth: int, out: list[tuple[str, Any]]) -> No
         pairs = enumerate(item)
     for key, value in pairs:
         if isinstance(value, tensor):
-            out.append((f"{name}.{key}" if name else str(key), value))
+            path = f"{name}.{key}" if name else str(key)
+            out.append((path, value.shape, value.dtype, value.device) if metas else (path, value))
         elif depth < MAX_DEPTH and isinstance(value, _CONTAINERS):
-            _collect(value, f"{name}.{key}" if name else str(key), depth + 1, out)
+            _collect(value, f"{name}.{key}" if name else str(key), depth + 1, out, metas)
 
 
 def shapes(value: Any) -> list[tuple[int, ...]]:

@@ -19,43 +19,51 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-import json
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common.tensors import call_leaves, tensor_leaves
+from ..common.tensors import call_metas, result_metas
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
 from ..events.table import NO_PARENT, EventTable, NodeInfo, ThreadInfo
 
 FLUSH_ROWS = 4096
-"""Calls kept pending at most: they move to the table (and the events file) when a step starts, when a call outside
-any other (a step) ends, at this count and at the end, so a kill -9 loses at most calls still running and the
-finished calls inside them (fewer than FLUSH_ROWS)."""
+"""Finished calls wait in a pending list: the events file gets them when a step starts and when a call outside any
+other (a step) ends, so a kill -9 loses at most the calls still running and the finished calls inside them; the
+table gets them every `FLUSH_ROWS` calls and whenever it is read."""
 _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
+_SCALARS = (str, int, float, bool)
 _now = time.perf_counter_ns
 _thread = threading.get_ident
 
 
-def tensor_key(leaves: list[tuple[str, Any]]) -> tuple[tuple[Any, ...], ...]:
-    """(name, shape, dtype, device) of (name, tensor) pairs as torch gives them: a hashable key, turned into strings
-    once per distinct key (`Recorder._tensors_id`)."""
-    return tuple([(name, t.shape, t.dtype, t.device) for name, t in leaves])
+class NotPlain(TypeError):
+    """A lane value that is not plain JSON."""
 
 
-def json_safe(value: Any) -> bool:
-    """True for the plain JSON values a lane may hold: None, str, int, float, bool, lists, tuples, str-keyed dicts."""
-    if value is None or type(value) in (str, int, float, bool):
-        return True
-    if type(value) in (list, tuple):
-        return all(json_safe(v) for v in value)
-    if type(value) is dict:
-        return all(type(k) is str and json_safe(v) for k, v in value.items())
-    return False
+def plain_copy(value: Any) -> Any:
+    """A copy of a plain JSON value (None, str, int, float, bool, lists, tuples as lists, str-keyed dicts); raises
+    `NotPlain` for anything else (a subclass too: an `IntEnum`, a `torch.Size`, an `OrderedDict`)."""
+    kind = type(value)
+    if value is None or kind in _SCALARS:
+        return value
+    if kind is list or kind is tuple:
+        return [plain_copy(v) for v in value]
+    if kind is dict and all(type(k) is str for k in value):
+        return {k: plain_copy(v) for k, v in value.items()}
+    raise NotPlain(kind.__name__)
+
+
+def _plain(value: Any) -> bool:
+    try:
+        plain_copy(value)
+    except NotPlain:
+        return False
+    return True
 
 
 _POSITIONS: dict[Any, dict[str, int]] = {}
@@ -83,18 +91,29 @@ class Call:
     ns from the session's clock origin to the start of its forward; `label`: its profiler label while it runs, when
     the session profiles (patches/profiling.py)."""
 
-    __slots__ = ("address", "index", "seq", "step", "phase", "role", "stage", "module", "forward", "args", "kwargs",
-                 "parent", "state", "lane", "children", "inputs", "node", "start", "label")
+    __slots__ = ("binding", "index", "seq", "step", "phase", "module", "forward", "args", "kwargs", "parent", "state",
+                 "lane", "children", "inputs", "start", "label")
 
-    def __init__(self, address: str, index: int, seq: int, step: int, phase: str, role: str, stage: str | None,
-                 module: Any, forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None,
-                 state: dict[str, Any], inputs: tuple = (), node: int = 0):
-        self.address, self.index, self.seq, self.step, self.phase = address, index, seq, step, phase
-        self.role, self.stage, self.module, self.forward, self.args, self.kwargs = role, stage, module, forward, args, \
-            kwargs
-        self.parent, self.state, self.inputs, self.node = parent, state, inputs, node
+    def __init__(self, binding: Any, index: int, seq: int, step: int, phase: str, module: Any,
+                 forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None, state: dict[str, Any],
+                 inputs: tuple = ()):
+        self.binding, self.index, self.seq, self.step, self.phase, self.module = binding, index, seq, step, phase, module
+        self.forward, self.args, self.kwargs, self.parent, self.state, self.inputs = forward, args, kwargs, parent, \
+            state, inputs
         self.lane: dict[str, Any] = {}
         self.children: list[Call] = []
+
+    @property
+    def address(self) -> str:
+        return self.binding.address
+
+    @property
+    def role(self) -> str:
+        return self.binding.target.role
+
+    @property
+    def stage(self) -> str | None:
+        return self.binding.target.stage
 
     def arg(self, name: str, default: Any = None) -> Any:
         """An argument by name, whether it was passed by keyword or by position."""
@@ -134,6 +153,7 @@ class Recorder:
         self._seq = 0
         self._phase = lanes.PREFILL
         self._pending: list[tuple] = []
+        self._written = 0  # pending calls already in the events file (a prefix)
         self._tensor_ids: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
@@ -165,18 +185,18 @@ class Recorder:
               kwargs: dict) -> tuple[Call, contextvars.Token]:
         """Start a call of `binding` (address, target, bound extractors, node); the caller must `exit` it."""
         target = binding.target
-        node = binding.node
-        self._counts[node] = index = self._counts[node] + 1
+        counts, node = self._counts, binding.node
+        counts[node] = index = counts[node] + 1
         if target.step:
-            self.flush()
+            self._write_pending()
             step = self.steps
             self.steps += 1
         else:
             step = self.steps - 1 if self.steps else 0
-        call = Call(binding.address, index, self._seq, step, self._phase, target.role, target.stage, module, forward,
-                    args, kwargs, self._stack.get(), self.state, tensor_key(call_leaves(args, kwargs)), node)
+        call = Call(binding, index, self._seq, step, self._phase, module, forward, args, kwargs, self._stack.get(),
+                    self.state, call_metas(args, kwargs))
         self._seq += 1
-        if self.steps == 0:
+        if not self.steps:
             call.lane[lanes.BEFORE_FIRST_FORWARD] = True
         if binding.on_enter is not None:
             self._extract(call, binding.on_enter)
@@ -197,21 +217,22 @@ class Recorder:
         if error is None and on_exit is not None:
             self._extract(call, on_exit, result)
         parent = call.parent
-        outputs = tensor_key(tensor_leaves(result)) if error is None else ()
         try:
             thread = self._threads[_thread()]
         except KeyError:
             thread = self._thread_id()
-        row = (call.seq, call.step, _PHASE_CODES[call.phase], call.node, call.index,
+        row = (call.seq, call.step, _PHASE_CODES[call.phase], call.binding.node, call.index,
                NO_PARENT if parent is None else parent.seq, self._lane_id(call), self._tensors_id(call.inputs),
-               self._tensors_id(outputs), thread, call.start, end,
+               self._tensors_id(result_metas(result) if error is None else ()), thread, call.start, end,
                None if error is None else type(error).__name__)
         call.args, call.kwargs, call.children, call.module, call.forward = (), {}, [], None, None
+        pending = self._pending
+        pending.append(row)  # atomic; `flush` and `_write_pending` take a prefix of the list under the lock
         if parent is not None:
             parent.children.append(call)
-        pending = self._pending
-        pending.append(row)  # atomic; `flush` takes a prefix of the list under its lock
-        if parent is None or len(pending) >= FLUSH_ROWS:  # a step, or a call outside any: written as it ends
+        else:  # a step, or a call outside any: in the file as it ends
+            self._write_pending()
+        if len(pending) >= FLUSH_ROWS:
             self.flush()
 
     def _lane_id(self, call: Call) -> int:
@@ -225,14 +246,16 @@ class Recorder:
             found = None
         if found is not None:
             return found
-        bad = sorted((k for k, v in lane.items() if type(k) is not str or not json_safe(v)), key=repr)
-        if bad:
-            lane = {k: v for k, v in lane.items() if k not in bad}
+        try:
+            lane = plain_copy(lane)
+        except NotPlain:
+            bad = sorted((k for k, v in lane.items() if type(k) is not str or not _plain(v)), key=repr)
+            lane = {k: plain_copy(v) for k, v in lane.items() if k not in bad}
             lane[lanes.EXTRACT_ERROR] = (f"{call.address}:{call.index}: the lane is not a dict of plain JSON values "
                                          f"(str, int, float, bool, None, lists, str-keyed dicts): {bad} hold "
                                          "other objects")
         with self._lock:
-            return self._table.add_lane(json.loads(json.dumps(lane)))
+            return self._table.add_lane(lane)
 
     def _tensors_id(self, key: tuple) -> int:
         found = self._tensor_ids.get(key)
@@ -256,14 +279,26 @@ class Recorder:
         return found
 
     def flush(self) -> None:
-        """Move the pending calls to the table and write them to the events file."""
+        """Move the pending calls to the table, writing those not yet in the events file."""
         with self._lock:
             pending = self._pending
             rows = pending[:len(pending)]
             del pending[:len(rows)]
             if rows:
                 self._table.extend(rows)
+                if self._written < len(rows):
+                    self._write(rows[self._written:])
+            self._written = 0
+
+    def _write_pending(self) -> None:
+        """Write the pending calls not yet in the events file (they stay pending for the table)."""
+        if self._writer is None or self._written == len(self._pending):
+            return
+        with self._lock:
+            rows = self._pending[self._written:]
+            if rows:
                 self._write(rows)
+                self._written += len(rows)
 
     def _write(self, record: list[tuple] | SessionEnd) -> None:
         """Append to the file; on failure stop writing, keep the memory, warn once (the host never sees it)."""

@@ -42,8 +42,11 @@ class EventStream(NamedTuple):
         return list(self.table.events())
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # made once: `json.dumps` with separators makes one per call
+
+
 def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":")) + "\n"  # field and lane order kept as written
+    return _ENCODE(data) + "\n"  # field and lane order kept as written
 
 
 def dump_line(obj: SessionHeader | SessionEnd) -> str:

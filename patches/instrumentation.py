@@ -17,6 +17,7 @@ Invariants (after OpenTelemetry's instrumentors):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections import Counter
@@ -38,14 +39,23 @@ _LIVE: dict[int, "Instrumentation"] = {}  # id(model) -> its live instrumentatio
 _OPEN_FILES: dict[Path, "Instrumentation"] = {}  # events file -> the live instrumentation writing it
 
 
+@functools.cache
+def installed_version(package: str) -> str | None:
+    """The installed version of a package, None when it is not installed; read once per process (reading a
+    package's metadata parses a file: milliseconds, most of what instrumenting cost before)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def check_pins(config: ModelConfig) -> None:
     from packaging.specifiers import SpecifierSet
 
     for package, spec in config.requires.items():
-        try:
-            installed = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            raise ConfigError(f"config {config.name!r} needs {package}{spec}, which is not installed") from None
+        installed = installed_version(package)
+        if installed is None:
+            raise ConfigError(f"config {config.name!r} needs {package}{spec}, which is not installed")
         if not SpecifierSet(spec, prereleases=True).contains(installed):
             raise ConfigError(f"config {config.name!r} is pinned to {package}{spec}; installed {package} is "
                               f"{installed}. Install a matching version, or pass check_versions=False "
@@ -100,13 +110,8 @@ def _check_names(model: Any, config: ModelConfig) -> None:
 
 def _versions(config: ModelConfig) -> dict[str, str]:
     """Installed versions of torch and of every package the config pins."""
-    out = {}
-    for package in ("torch", *config.requires):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    found = {package: installed_version(package) for package in ("torch", *config.requires)}
+    return {package: version for package, version in found.items() if version is not None}
 
 
 def choose_config(model: Any, config: str | Path | ModelConfig) -> ModelConfig:

@@ -107,11 +107,11 @@ def test_missing_target_is_refused_and_nothing_is_patched():
 
 def test_version_pins(monkeypatch, v1_model):
     before = class_attrs(v1_model)
-    monkeypatch.setattr(instrumentation.metadata, "version", lambda package: "4.50.0")
+    monkeypatch.setattr(instrumentation, "installed_version", lambda package: "4.50.0")
     with pytest.raises(ConfigError, match=r"pinned to transformers>=4.45.2,<4.48; installed transformers is 4.50.0"):
         instrument(v1_model, "deepseek_ocr_v1")
     assert_restored(v1_model, before)
-    monkeypatch.setattr(instrumentation.metadata, "version", lambda package: "4.46.3")
+    monkeypatch.setattr(instrumentation, "installed_version", lambda package: "4.46.3")
     with instrument(v1_model, "deepseek_ocr_v1"):
         pass
 

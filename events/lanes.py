@@ -7,6 +7,8 @@ the report as they are and are printed as `key=value`.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 # --- phases of a step -------------------------------------------------------------------------------------------
 PREFILL = "prefill"
 """A step that feeds the prompt (or a chunk of it): more than one new token, or no KV cache yet."""
@@ -58,3 +60,21 @@ REAL_TOKENS = "real_tokens"
 attention mask, a declared value read); `seq_len` - real_tokens[i] positions of sample i are padding."""
 INPUT_KEYS = (IMAGES, IMAGES_BATCHED, REAL_TOKENS)
 """Keys the report words out once per step (report/inputs.py), not printed as `key=value`."""
+
+
+# --- values an extractor hands over unread ---------------------------------------------------------------------------
+class Later:
+    """A lane value read when the step ends: the recorder calls `read()` (a function of no arguments returning a
+    plain JSON value) after every call of the step has returned, and records what it returns. For tensor values an
+    extractor must read (a host copy would make a GPU wait mid-step, once per call): read once per step instead,
+    when the GPU has finished the step anyway. A `read` that raises marks the call's lane with `EXTRACT_ERROR`.
+
+        >>> later = Later(lambda: [3, 6])
+        >>> later.read()
+        [3, 6]
+    """
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[], Any]):
+        self.read = read

@@ -6,19 +6,22 @@ global first; in `generate()` this happens before the first forward. The per-ima
 from the shapes of the features the model assembles image by image; the padding of a batched prefill from the
 attention mask (one host copy per session, only for more than one sample). Experts are weight tensors, not modules, so
 the experts hit are read from the router's top-k ids: the one documented tensor read of this config (one host copy
-per MoE call; switch it off with `instrument(..., options={"expert_ledger": False})`).
+per MoE call, made when the step ends so that a GPU never waits for it mid-step; switch it off with
+`instrument(..., options={"expert_ledger": False})`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
 from ..events.lanes import (EXPERTS_HIT, EXPERTS_IMPLEMENTATION, EXPERTS_TOTAL, IMAGES, IMAGES_BATCHED,
-                            TOKENS_PER_EXPERT, TOP_K)
+                            TOKENS_PER_EXPERT, TOP_K, Later)
 from .hf import generate_probe, image_text_session, padded_step  # noqa: F401  (functions named in the TOML)
 from .shapes import resolution
 
+LEDGER_KEYS = (EXPERTS_HIT, TOKENS_PER_EXPERT, EXPERTS_TOTAL, TOP_K, "tokens")  # a router's ledger, in order
 GLOBAL_SIZE, TILE_SIZE = 1024, 768  # pixels of a global view and of a crop
 GLOBAL_TOKENS, TILE_TOKENS = 256, 144  # learned queries per view (hard-coded in the vendor model)
 
@@ -60,23 +63,45 @@ def projector_view(call: Any) -> dict[str, Any]:
 
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:
-    """The router's top-k ids -> experts hit and tokens per expert (the documented exception: one host read)."""
+    """The router's top-k ids -> experts hit and tokens per expert (the documented exception: one host read per MoE
+    call, made when the step ends, so a GPU never waits for it mid-step)."""
     if not call.state.get("options", {}).get("expert_ledger", True):
         return {}
     ids = result[2]
+    read = functools.partial(_ledger, ids, _version(ids), int(call.module.num_experts), int(call.module.top_k))
+    return {"router": Later(functools.cache(read))}  # cached: the MoE call's lane reads the same copy
+
+
+def _version(tensor: Any) -> int | None:
+    """The tensor's version counter (it moves when the tensor is written to in place); None for a tensor made under
+    `torch.inference_mode`, which has none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
+def _ledger(ids: Any, version: int | None, total: int, top_k: int) -> dict[str, Any]:
+    """Experts hit and tokens per expert of top-k ids [tokens, k], read at the step's end; refuses ids the model
+    wrote to after the router returned them (their version counter moved, where torch keeps one), which would not be
+    what it routed by."""
+    if _version(ids) != version:
+        raise ValueError("the router's top-k ids were written to after the router returned them")
     counts = Counter(e for row in ids.tolist() for e in row)  # the one host copy
     hit = sorted(counts)
-    return {"router": {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit],
-                       EXPERTS_TOTAL: int(call.module.num_experts), TOP_K: int(call.module.top_k),
-                       "tokens": int(ids.shape[0])}}
+    return {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit], EXPERTS_TOTAL: total, TOP_K: top_k,
+            "tokens": int(ids.shape[0])}
 
 
 def moe_done(call: Any, result: Any) -> dict[str, Any]:
-    """The MoE call carries its router's ledger and the experts implementation in use."""
-    lane = {EXPERTS_IMPLEMENTATION: getattr(call.module.experts.config, "_experts_implementation", None)}
+    """The MoE call carries its router's ledger (read with the router's, when the step ends) and the experts
+    implementation in use."""
+    lane: dict[str, Any] = {EXPERTS_IMPLEMENTATION: getattr(call.module.experts.config, "_experts_implementation",
+                                                            None)}
     gate = [c for c in call.children if c.role == "llm.moe.gate"]
-    if gate and "router" in gate[0].lane:
-        lane.update(gate[0].lane["router"])
+    router = gate[0].lane.get("router") if gate else None
+    if router is not None:
+        lane.update({key: Later(lambda key=key: router.read()[key]) for key in LEDGER_KEYS})
     return lane
 
 

@@ -4,7 +4,9 @@ session's `EventTable` (events/table.py).
 Invariants: call indices count per address over the session; the parent stack lives in a `ContextVar`, so
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
 (the model's top-level forward); calls before the first step belong to step 0 (lane `before_first_forward`).
-Wrappers only read shapes, dtypes, devices and Python values. Nothing the recorder does reaches the user's forward:
+Wrappers only read shapes, dtypes, devices and Python values; a lane value an extractor hands over as a
+`lanes.Later` is read when the step ends (when the call outside any other returns), before the step is written, or
+earlier when `FLUSH_ROWS` calls are pending. Nothing the recorder does reaches the user's forward:
 an extractor that raises or returns something that is not plain JSON marks its event (`extract_error`); a failed
 write of the events file stops the file, keeps every event in memory and warns once (`write_failed`); any other
 internal failure is kept in `faults`, and a session with faults gets no report.
@@ -23,13 +25,13 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..common.tensors import call_metas, result_metas
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
-from ..events.table import NO_PARENT, EventTable, NodeInfo, ThreadInfo
+from ..events.table import NO_PARENT, ROW, EventTable, NodeInfo, ThreadInfo
 
 FLUSH_ROWS = 4096
 """Finished calls wait in a pending list: the events file gets them when a step starts and when a call outside any
@@ -39,6 +41,16 @@ _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
 _SCALARS = (str, int, float, bool)
 _now = time.perf_counter_ns
 _thread = threading.get_ident
+
+
+_LANE = ROW.index("lane")
+
+
+class _Deferred(NamedTuple):
+    """A pending row's lane until its `Later` values are read: where the call is (for messages), and its lane."""
+
+    where: str
+    lane: dict[str, Any]
 
 
 class NotPlain(TypeError):
@@ -154,8 +166,9 @@ class Recorder:
         self._phase = lanes.PREFILL
         self._pending: list[tuple] = []
         self._written = 0  # pending calls already in the events file (a prefix)
+        self._deferred = 0  # pending calls whose lane holds `Later` values
         self._tensor_ids: dict[tuple, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # `_resolve` interns under it
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
                                                                                 default=None)
         if self._writer:
@@ -230,15 +243,17 @@ class Recorder:
         pending.append(row)  # atomic; `flush` and `_write_pending` take a prefix of the list under the lock
         if parent is not None:
             parent.children.append(call)
-        else:  # a step, or a call outside any: in the file as it ends
+        else:  # a step, or a call outside any: its Later values are read, and it is in the file as it ends
+            if self._deferred:
+                with self._lock:
+                    self._resolve()
             self._write_pending()
         if len(pending) >= FLUSH_ROWS:
             self.flush()
 
-    def _lane_id(self, call: Call) -> int:
-        """The table's id of the call's lane; a lane seen for the first time is checked to be plain JSON (one that is
-        not loses the offending values and gets `extract_error`) and stored as a copy: an extractor may change or
-        reuse what it returned, the table's lanes never change."""
+    def _lane_id(self, call: Call) -> int | _Deferred:
+        """The table's id of the call's lane, or, for a lane holding `Later` values, a `_Deferred` that `_resolve`
+        turns into one when the step ends."""
         lane = call.lane
         try:
             found = self._table.lane_id(lane)
@@ -246,16 +261,43 @@ class Recorder:
             found = None
         if found is not None:
             return found
+        if any(isinstance(v, lanes.Later) for v in lane.values()):
+            self._deferred += 1
+            return _Deferred(f"{call.address}:{call.index}", lane)
+        return self._intern(lane, f"{call.address}:{call.index}")
+
+    def _intern(self, lane: dict[str, Any], where: str) -> int:
+        """The id of a lane not in the table yet (or equal to one that is): checked to be plain JSON (one that is not
+        loses the offending values and gets `extract_error`) and stored as a copy: an extractor may change or reuse
+        what it returned, the table's lanes never change."""
         try:
             lane = plain_copy(lane)
         except NotPlain:
             bad = sorted((k for k, v in lane.items() if type(k) is not str or not _plain(v)), key=repr)
             lane = {k: plain_copy(v) for k, v in lane.items() if k not in bad}
-            lane[lanes.EXTRACT_ERROR] = (f"{call.address}:{call.index}: the lane is not a dict of plain JSON values "
-                                         f"(str, int, float, bool, None, lists, str-keyed dicts): {bad} hold "
-                                         "other objects")
+            lane[lanes.EXTRACT_ERROR] = (f"{where}: the lane is not a dict of plain JSON values (str, int, float, bool, "
+                                         f"None, lists, str-keyed dicts): {bad} hold other objects")
         with self._lock:
             return self._table.add_lane(lane)
+
+    def _resolve(self) -> None:
+        """Read the `Later` values of the pending calls and give their rows lane ids (call under the lock)."""
+        pending = self._pending
+        for i, row in enumerate(pending):
+            deferred = row[_LANE]
+            if type(deferred) is not _Deferred:
+                continue
+            lane = {}
+            for key, value in deferred.lane.items():
+                if isinstance(value, lanes.Later):
+                    try:
+                        value = value.read()
+                    except Exception as exc:  # like an extractor's bug: marks the lane, never reaches the host
+                        lane.setdefault(lanes.EXTRACT_ERROR, f"{deferred.where}: reading {key!r} raised {exc!r}")
+                        continue
+                lane[key] = value
+            pending[i] = (*row[:_LANE], self._intern(lane, deferred.where), *row[_LANE + 1:])
+        self._deferred = 0
 
     def _tensors_id(self, key: tuple) -> int:
         found = self._tensor_ids.get(key)
@@ -281,6 +323,8 @@ class Recorder:
     def flush(self) -> None:
         """Move the pending calls to the table, writing those not yet in the events file."""
         with self._lock:
+            if self._deferred:
+                self._resolve()
             pending = self._pending
             rows = pending[:len(pending)]
             del pending[:len(rows)]

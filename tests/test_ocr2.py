@@ -127,6 +127,38 @@ def test_expert_ledger_is_the_one_host_read_and_can_be_switched_off(tiny):
     assert session_report(rec_off.events, load_config("deepseek_ocr2_hf"), model_class="m", end=rec_off.end).moe is None
 
 
+def test_the_ledger_reads_the_router_ids_when_the_step_ends(tiny):
+    """The ledger's host reads wait for the step's end (on a GPU a read mid-step would make the host wait for the
+    device once per MoE call): in each step, the reads it adds come after the step's last torch call (a forward hook
+    on the root marks the end), all together, one per router call; what they read matches a hook on every router."""
+    from conftest import TensorOps
+
+    model = tiny.build_model("tiny")
+    inputs = tiny.prepare_inputs(tiny.build_processor(), synthetic_page(640, 480))
+    routers = sum(1 for m in model.modules() if type(m).__name__ == "DeepseekOcr2TextTopkRouter")
+    run = lambda: model.generate(**inputs, max_new_tokens=3, do_sample=False)  # noqa: E731
+    sinks: list = []
+    ends = model.register_forward_hook(lambda *a: sinks[-1].ops.append("mark:step end"))
+    try:
+        with TensorOps() as plain:
+            sinks.append(plain)
+            run()
+        with instrument(model) as rec, TensorOps() as on:
+            sinks.append(on)
+            run()
+    finally:
+        ends.remove()
+    steps = lambda ops: "|".join(ops).split("mark:step end")[:-1]  # noqa: E731
+    assert len(steps(on.ops)) == len(steps(plain.ops)) == 3
+    for traced, untraced in zip(steps(on.ops), steps(plain.ops)):
+        ours = traced.strip("|").split("|")
+        assert ours[len(ours) - routers:] == ["host:tolist"] * routers  # together, after every torch call
+        assert ours[:len(ours) - routers] == untraced.strip("|").split("|")
+    expected = [ids for _, ids in router_ids(model, run)]
+    assert [e.lane["router"]["experts_hit"] for e in sorted(rec.events, key=lambda e: e.seq)
+            if e.role == "llm.moe.gate"] == expected
+
+
 def test_run_traced_without_arguments(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "run_traced.py")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)

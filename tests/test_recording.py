@@ -171,3 +171,27 @@ def test_a_seq_far_beyond_the_stream_is_a_missing_call_not_a_huge_allocation(v1_
     with pytest.raises(MergeError, match=r"event seq \d+ is missing \(next is .* with seq 1099511627776\)"):
         session_report(table, load_config("deepseek_ocr_v1"), model_class="m", end=s["recorder"].end,
                        container_sizes=s["recorder"].header.container_sizes)
+
+
+def test_later_values_are_read_when_the_step_ends(tmp_path):
+    """A `Later` lane value is read after every call of the step returned (here: after the step's own on_exit, which
+    runs after `a`'s), recorded as read, in memory and in the file; a read that raises marks that call's lane, and
+    the run goes on."""
+    (tmp_path / "toy.py").write_text(
+        "from loopmeta.events.lanes import Later\nSEEN = []\n\n"
+        "def step(call):\n    return {'phase': 'prefill'}\n\n"
+        "def step_done(call, result):\n    SEEN.append('step')\n    return {}\n\n"
+        "def a_done(call, result):\n    SEEN.append('a')\n"
+        "    return {'seen': Later(lambda: len(SEEN)), 'bad': Later(lambda: 1 / 0) if len(SEEN) == 3 else 0}\n")
+    (tmp_path / "toy.toml").write_text('name = "toy"\nroot_classes = ["Toy"]\nadapter = "toy"\n'
+                                       '[[targets]]\nrole = "step"\npattern = ""\nstep = true\non_enter = "step"\n'
+                                       'on_exit = "step_done"\n[[targets]]\nrole = "a"\npattern = "a"\n'
+                                       'on_exit = "a_done"\n')
+    model = Toy()
+    with instrument(model, tmp_path / "toy.toml", events=tmp_path / "e.jsonl") as rec:
+        for _ in range(3):
+            model(torch.ones(1, 4))
+    a = [e.lane for e in rec.events if e.address == "a"]
+    assert [lane["seen"] for lane in a] == [2, 4, 6]  # read at once, they would be 1, 3, 5
+    assert "bad" not in a[1] and "ZeroDivisionError" in a[1]["extract_error"] and a[0]["bad"] == a[2]["bad"] == 0
+    assert [e.lane for e in read_events(tmp_path / "e.jsonl").events] == [e.lane for e in rec.events]

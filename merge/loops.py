@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import ExactnessError
 from .calltree import Node
@@ -119,11 +119,43 @@ def absorb(into: list[Loop], other: list[Loop]) -> None:
             absorb(va.body, vb.body)
 
 
+_Replay = list[tuple[Loop, list[int], list[list[int]]]]
+"""Per-instance data of one body, relative to its call: per loop of the body (in `walk` order), the seq offsets of
+its lanes and its picks."""
+
+
+def _replay_of(into: list[Loop], body: list[Loop], seq: int) -> _Replay:
+    """What absorbing `body` (built from the call `seq`, lanes still seqs) into `into` appends, relative to `seq`."""
+    return [(a, [lane - seq for lane in b.lanes], [list(p) for p in b.picks])
+            for a, b in zip(walk(into), walk(body), strict=True)]
+
+
+def _replay(replay: _Replay, seq: int) -> None:
+    """Absorb the body of call `seq` without building it: its calls are those of the replay's call, shifted."""
+    for loop, offsets, picks in replay:
+        loop.lanes.extend([seq + k for k in offsets])
+        if picks:
+            loop.picks.extend([list(p) for p in picks])
+
+
 class LoopBuilder:
-    def __init__(self, hints: Hints | None = None):
+    """Builds loop nests. Calls from a `TableTree` carry their seq as `lane` and a `shape`; with `lane_of`, the nest
+    is built with seqs and each is replaced by its lane at the end. Of the calls of one address, those of one shape
+    (the decode steps) have one body: the first is built, the others replay its lanes and picks, shifted."""
+
+    def __init__(self, hints: Hints | None = None, lane_of: Callable[[int], dict[str, Any]] | None = None):
         self.hints = hints or Hints()
+        self.lane_of = lane_of
 
     def build(self, calls: list[Node]) -> list[Loop]:
+        """The loop nest of a session's top-level calls (or of any list of sibling calls), lanes resolved."""
+        loops = self._build(calls)
+        if self.lane_of is not None:
+            for loop in walk(loops):
+                loop.lanes = list(map(self.lane_of, loop.lanes))
+        return loops
+
+    def _build(self, calls: list[Node]) -> list[Loop]:
         """The loop nest of a list of sibling calls (the children of one call, or a session's top-level calls)."""
         by_address: dict[str, list[Node]] = {}
         for c in calls:
@@ -155,16 +187,24 @@ class LoopBuilder:
         first = calls[0]
         variants: list[Variant] = []
         sigs: dict[tuple, Variant] = {}
+        replays: dict[bytes | None, tuple[Variant, _Replay]] = {}  # shape -> its variant, its replay
         for i, call in enumerate(calls):  # one body at a time: absorbed, then dropped
-            body = self.build(call.children)
+            shape = call.shape
+            if shape in replays:
+                replays[shape][0].iterations.append(i)
+                _replay(replays[shape][1], call.lane)
+                continue
+            body = self._build(call.children)
             sig = signature(body, first.address)
             v = sigs.get(sig)
             if v is not None:
                 v.iterations.append(i)
                 absorb(v.body, body)
             else:
-                sigs[sig] = Variant([i], body)
-                variants.append(sigs[sig])
+                v = sigs[sig] = Variant([i], body)
+                variants.append(v)
+            if shape is not None:
+                replays[shape] = (v, _replay_of(v.body, body, call.lane))
         kind = "parfor" if len(calls) > 1 else "call"
         loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[c.lane for c in calls],
                     variants=variants)
@@ -178,7 +218,7 @@ class LoopBuilder:
         else:
             is_select = calls[0].role in self.hints.select_roles
         size = self.hints.container_sizes.get(container)
-        bodies = [self.build(c.children) for _, c in members]
+        bodies = [self._build(c.children) for _, c in members]
         sigs = [(c.class_name, signature(b, c.address)) for (_, c), b in zip(members, bodies)]
         if is_select and len(set(sigs)) == 1:
             first = members[0][1]

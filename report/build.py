@@ -135,7 +135,8 @@ def session_report(events: EventTable | list[CallEvent], config: ModelConfig | N
         raise MergeError("the session recorded no call of an instrumented module: nothing to report (did the "
                          "session run the model?)")
     _refuse_broken(table)
-    loops = LoopBuilder(hints_for(config, container_sizes)).build(calltree.from_table(table))
+    tree = calltree.TableTree(table)
+    loops = LoopBuilder(hints_for(config, container_sizes), tree.lane).build(tree.roots())
     counts = calltree.table_counts(table)
     check_exact(loops, counts)
     _check_steps(loops, step_role)

@@ -22,6 +22,7 @@ Invariants: rows are kept in the order calls finished; ids index tables that onl
 from __future__ import annotations
 
 from array import array
+from itertools import compress
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -161,8 +162,9 @@ class EventTable:
 
     def rows_where(self, column: str, wanted: set[int] | frozenset[int]) -> list[int]:
         """Rows whose `column` value is in `wanted`, in start (seq) order."""
-        seqs = self.columns["seq"]
-        return sorted((r for r, v in enumerate(self.columns[column]) if v in wanted), key=seqs.__getitem__)
+        column_values = self.columns[column]
+        rows = compress(range(len(column_values)), map(wanted.__contains__, column_values))
+        return sorted(rows, key=self.columns["seq"].__getitem__)
 
     # --- reading ----------------------------------------------------------------------------------------------
     def row_of_seq(self, seq: int) -> int:

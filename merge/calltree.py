@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from itertools import count
 from typing import Any, Iterable, Iterator
 
 from ..errors import MergeError
@@ -20,7 +21,7 @@ from ..events.table import NO_PARENT, EventTable
 class Node:
     """One module call. `children` is a list, or (built from events) computed on each access from the table, so a
     session's call tree never lives in memory as a whole. Built from events, `lane` is the call's seq (the tree's
-    `lane(seq)` gives the lane) and `shape` the structure of its subtree: equal shapes, equal loop nests."""
+    `lanes` gives the lanes) and `shape` the structure of its subtree: equal shapes, equal loop nests."""
 
     __slots__ = ("address", "index", "class_name", "lane", "role", "stage", "_children", "_tree", "_seq")
 
@@ -67,7 +68,7 @@ class TableTree:
         self.step, self.phase = c["step"], c["phase"]
         self.rows = self._rows_by_seq(c["seq"])
         self.end, self.shapes = self._check(c["parent"])
-        self._lanes: dict[tuple[int, int, int], dict[str, Any]] = {}
+        self._lanes: dict[int, dict[str, Any]] = {}
 
     def _rows_by_seq(self, seqs: Any) -> array:
         n = len(seqs)
@@ -94,27 +95,26 @@ class TableTree:
     def _check(self, parents: Any) -> tuple[array, array]:
         """Call indices 1..n per node in start order, every parent open when its child starts; the subtree ends and
         the shapes (node + nodes x depth, per seq)."""
-        seen = [0] * len(self.table.nodes)
-        end = array("q", [0]) * len(self.rows)
-        shapes, width = array("q"), len(self.table.nodes)
+        rows, seen, width = self.rows, [0] * len(self.table.nodes), len(self.table.nodes)
+        end, shapes = array("q", [0]) * len(rows), array("q")
         stack: list[int] = []
-        for s, row in enumerate(self.rows):
-            node, index, parent = self.node[row], self.index[row], parents[row]
+        for s, node, index, parent in zip(count(), map(self.node.__getitem__, rows), map(self.index.__getitem__, rows),
+                                          map(parents.__getitem__, rows)):
             seen[node] += 1
             if index != seen[node]:
                 if index < seen[node]:
-                    raise MergeError(f"two events for {self._name_of(row)}")
-                raise MergeError(f"{self._name_of(row)} starts as call {seen[node]} of its node: the stream lost or "
-                                 "renumbered a call")
+                    raise MergeError(f"two events for {self._name_of(rows[s])}")
+                raise MergeError(f"{self._name_of(rows[s])} starts as call {seen[node]} of its node: the stream lost "
+                                 "or renumbered a call")
             while stack and stack[-1] != parent:
                 end[stack.pop()] = s
             if parent != NO_PARENT and not stack:
-                raise MergeError(f"event {self._name_of(row)} names parent {self._parent_name(parent, row)}, which "
-                                 "has no event that started before it and was still running")
+                raise MergeError(f"event {self._name_of(rows[s])} names parent {self._parent_name(parent, rows[s])}, "
+                                 "which has no event that started before it and was still running")
             shapes.append(node + width * len(stack))
             stack.append(s)
         for s in stack:
-            end[s] = len(self.rows)
+            end[s] = len(rows)
         return end, shapes
 
     def _parent_name(self, seq: int, row: int) -> str:
@@ -123,16 +123,22 @@ class TableTree:
         lost = self.table.lost_parents.get(row)
         return _name(*lost) if lost else f"seq {seq}"
 
-    def lane(self, seq: int) -> dict[str, Any]:
-        """The lane of call `seq`, with its step and phase (one dict shared by the calls of one lane, step, phase)."""
-        row = self.rows[seq]
-        key = (self.lane_id[row], self.step[row], self.phase[row])
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = dict(self.table.lanes[key[0]])
-            lane.setdefault(lanes.STEP, key[1])
-            lane.setdefault(lanes.PHASE, lanes.PHASES[key[2]])
-            self._lanes[key] = lane
+    def lanes(self, seqs: Iterable[int]) -> list[dict[str, Any]]:
+        """The lanes of some calls, each with its step and phase (one dict shared by the calls of one lane, step and
+        phase; its key in `_lanes` is one int: (step x lanes + lane) x phases + phase)."""
+        rows = list(map(self.rows.__getitem__, seqs))
+        width, phases = len(self.table.lanes), len(lanes.PHASES)
+        keys = [(step * width + lane) * phases + phase for lane, step, phase in
+                zip(map(self.lane_id.__getitem__, rows), map(self.step.__getitem__, rows),
+                    map(self.phase.__getitem__, rows))]
+        return [self._lanes.get(key) or self._lane(key) for key in keys]
+
+    def _lane(self, key: int) -> dict[str, Any]:
+        rest, phase = divmod(key, len(lanes.PHASES))
+        step, lane_id = divmod(rest, len(self.table.lanes))
+        lane = self._lanes[key] = dict(self.table.lanes[lane_id])
+        lane.setdefault(lanes.STEP, step)
+        lane.setdefault(lanes.PHASE, lanes.PHASES[phase])
         return lane
 
     def node_at(self, seq: int) -> Node:

@@ -17,6 +17,7 @@ every per-node call count exactly; `check_exact` is the acceptance test of every
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -139,20 +140,20 @@ def _replay(replay: _Replay, seq: int) -> None:
 
 
 class LoopBuilder:
-    """Builds loop nests. Calls from a `TableTree` carry their seq as `lane` and a `shape`; with `lane_of`, the nest
-    is built with seqs and each is replaced by its lane at the end. Of the calls of one address, those of one shape
+    """Builds loop nests. Calls from a `TableTree` carry their seq as `lane` and a `shape`; with `lanes_of`, the nest
+    is built with seqs (an int array per loop) and they are replaced by their lanes at the end. Of the calls of one address, those of one shape
     (the decode steps) have one body: the first is built, the others replay its lanes and picks, shifted."""
 
-    def __init__(self, hints: Hints | None = None, lane_of: Callable[[int], dict[str, Any]] | None = None):
+    def __init__(self, hints: Hints | None = None, lanes_of: Callable[[list[int]], list[dict[str, Any]]] | None = None):
         self.hints = hints or Hints()
-        self.lane_of = lane_of
+        self.lanes_of = lanes_of
 
     def build(self, calls: list[Node]) -> list[Loop]:
         """The loop nest of a session's top-level calls (or of any list of sibling calls), lanes resolved."""
         loops = self._build(calls)
-        if self.lane_of is not None:
+        if self.lanes_of is not None:
             for loop in walk(loops):
-                loop.lanes = list(map(self.lane_of, loop.lanes))
+                loop.lanes = self.lanes_of(loop.lanes)
         return loops
 
     def _build(self, calls: list[Node]) -> list[Loop]:
@@ -176,6 +177,11 @@ class LoopBuilder:
             loops.extend(self._node(by_address[key]) if kind == "node" else self._stack(key, stacks[key]))
         _mark_rounds(calls, loops)
         return loops
+
+    def _lanes(self, calls: Iterable[Node]) -> Any:
+        """The lanes of some calls, or (with `lanes_of`) their seqs, in an array until the nest is built."""
+        found = [c.lane for c in calls]
+        return array("q", found) if self.lanes_of is not None else found
 
     def _label(self, loop: Loop, node: Node) -> Loop:
         loop.role, loop.stage = node.role, node.stage
@@ -206,7 +212,7 @@ class LoopBuilder:
             if shape is not None:
                 replays[shape] = (v, _replay_of(v.body, body, call.lane))
         kind = "parfor" if len(calls) > 1 else "call"
-        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[c.lane for c in calls],
+        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=self._lanes(calls),
                     variants=variants)
         return [self._label(loop, first)]
 
@@ -224,7 +230,7 @@ class LoopBuilder:
             first = members[0][1]
             loop = Loop("select", first.address, first.class_name, len(members), container=container,
                         members=sorted(indices), container_size=size,
-                        lanes=[c.lane for _, c in members], picks=[[i for i, _ in members]],
+                        lanes=self._lanes(c for _, c in members), picks=[[i for i, _ in members]],
                         variants=[Variant(list(range(len(members))), bodies[0])])
             for body in bodies[1:]:
                 absorb(loop.body, body)
@@ -238,7 +244,7 @@ class LoopBuilder:
             first = run[0][1]
             kind = "for" if len(run) > 1 else "call"
             loop = Loop(kind, first.address, first.class_name, len(run), container=container,
-                        members=[i for i, _ in run], lanes=[c.lane for _, c in run],
+                        members=[i for i, _ in run], lanes=self._lanes(c for _, c in run),
                         variants=[Variant([0], run_bodies[0])])
             for body in run_bodies[1:]:
                 absorb(loop.body, body)
@@ -269,18 +275,25 @@ def substitute(address: str, subs: tuple[tuple[str, str], ...]) -> str:
 
 
 def expand(loops: Iterable[Loop]) -> Counter[str]:
-    """Multiply out every loop: the number of calls of each node that the nest describes."""
+    """Multiply out every loop: the number of calls of each node that the nest describes. A variant's body with no
+    `select` in it counts the same in every iteration: it is visited once, its counts times its iterations (a select
+    takes the next picks on each visit; the visits of one variant keep their order)."""
     out: Counter[str] = Counter()
     cursors: Counter[int] = Counter()
+    selects: dict[int, bool] = {}  # id of a body -> whether a select is in it
 
-    def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...]) -> None:
+    def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...], times: int) -> None:
         for loop in loops:
             if loop.kind in ("call", "parfor"):
-                address = substitute(loop.address, subs)
-                positions = {i: v for v in loop.variants for i in v.iterations}
-                for i in range(loop.bound if loop.kind == "parfor" else 1):
-                    out[address] += 1
-                    visit(positions[i].body, subs)
+                bound = loop.bound if loop.kind == "parfor" else 1
+                out[substitute(loop.address, subs)] += bound * times
+                positions = {i: j for j, v in enumerate(loop.variants) for i in v.iterations}
+                for j, k in Counter(positions[i] for i in range(bound)).items():
+                    body = loop.variants[j].body
+                    if id(body) not in selects:
+                        selects[id(body)] = any(inner.kind == "select" for inner in walk(body))
+                    for _ in range(k if selects[id(body)] else 1):
+                        visit(body, subs, times if selects[id(body)] else times * k)
             else:
                 if loop.kind == "select":
                     picked = loop.picks[cursors[id(loop)]]
@@ -290,10 +303,10 @@ def expand(loops: Iterable[Loop]) -> Counter[str]:
                 container = substitute(loop.container, subs)
                 for m in picked:
                     member = join(container, m)
-                    out[member] += 1
-                    visit(loop.body, subs + ((substitute(loop.address, subs), member),))
+                    out[member] += times
+                    visit(loop.body, subs + ((substitute(loop.address, subs), member),), times)
 
-    visit(loops, ())
+    visit(loops, (), 1)
     return out
 
 

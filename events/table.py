@@ -110,12 +110,16 @@ class EventTable:
 
     def extend(self, rows: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
         """Append rows of `len(self.names)` ints, each optionally followed by an error name (or None)."""
+        self.extend_columns(list(zip(*rows)), first_row)
+
+    def extend_columns(self, columns: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
+        """Append rows given as columns (the rows transposed): `len(self.names)` of ints, optionally one more of error
+        names (or None)."""
         start = len(self) if first_row is None else first_row
         names = self.names
-        columns = list(zip(*rows))
         for name, values in zip(names, columns):
             self.columns[name].extend(values)
-        if len(columns) > len(names) and columns[len(names)].count(None) != len(rows):
+        if len(columns) > len(names) and columns[len(names)].count(None) != len(columns[len(names)]):
             self.errors.update((start + i, e) for i, e in enumerate(columns[len(names)]) if e is not None)
         self._seq_rows = None
 

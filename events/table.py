@@ -22,8 +22,8 @@ Invariants: rows are kept in the order calls finished; ids index tables that onl
 from __future__ import annotations
 
 from array import array
-from itertools import compress
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import EventFileError

@@ -150,6 +150,8 @@ class TableTree:
         return node
 
     def shape(self, seq: int) -> bytes:
+        """The shapes of the calls under call `seq` (empty for a leaf): for two calls at one depth, equal exactly when
+        their subtrees call the same nodes in the same order and nesting."""
         return self.shapes[seq + 1:self.end[seq]].tobytes()
 
     def children(self, seq: int) -> list[Node]:

@@ -141,10 +141,12 @@ def _replay(replay: _Replay, seq: int) -> None:
 
 class LoopBuilder:
     """Builds loop nests. Calls from a `TableTree` carry their seq as `lane` and a `shape`; with `lanes_of`, the nest
-    is built with seqs (an int array per loop) and they are replaced by their lanes at the end. Of the calls of one address, those of one shape
-    (the decode steps) have one body: the first is built, the others replay its lanes and picks, shifted."""
+    is built with seqs (an int array per loop) and they are replaced by their lanes at the end. Of the calls of one
+    address, those of one shape (the decode steps) have one body: the first is built, the others replay its lanes and
+    picks, shifted (the same nest as building and absorbing each body: tests/test_merge_replay.py)."""
 
-    def __init__(self, hints: Hints | None = None, lanes_of: Callable[[list[int]], list[dict[str, Any]]] | None = None):
+    def __init__(self, hints: Hints | None = None,
+                 lanes_of: Callable[[Iterable[int]], list[dict[str, Any]]] | None = None):
         self.hints = hints or Hints()
         self.lanes_of = lanes_of
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import EventFileError
@@ -109,12 +110,16 @@ class EventTable:
 
     def extend(self, rows: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
         """Append rows of `len(self.names)` ints, each optionally followed by an error name (or None)."""
+        self.extend_columns(list(zip(*rows)), first_row)
+
+    def extend_columns(self, columns: Sequence[Sequence[Any]], first_row: int | None = None) -> None:
+        """Append rows given as columns (the rows transposed): `len(self.names)` of ints, optionally one more of error
+        names (or None)."""
         start = len(self) if first_row is None else first_row
         names = self.names
-        columns = list(zip(*rows))
         for name, values in zip(names, columns):
             self.columns[name].extend(values)
-        if len(columns) > len(names) and columns[len(names)].count(None) != len(rows):
+        if len(columns) > len(names) and columns[len(names)].count(None) != len(columns[len(names)]):
             self.errors.update((start + i, e) for i, e in enumerate(columns[len(names)]) if e is not None)
         self._seq_rows = None
 
@@ -161,8 +166,9 @@ class EventTable:
 
     def rows_where(self, column: str, wanted: set[int] | frozenset[int]) -> list[int]:
         """Rows whose `column` value is in `wanted`, in start (seq) order."""
-        seqs = self.columns["seq"]
-        return sorted((r for r, v in enumerate(self.columns[column]) if v in wanted), key=seqs.__getitem__)
+        column_values = self.columns[column]
+        rows = compress(range(len(column_values)), map(wanted.__contains__, column_values))
+        return sorted(rows, key=self.columns["seq"].__getitem__)
 
     # --- reading ----------------------------------------------------------------------------------------------
     def row_of_seq(self, seq: int) -> int:

@@ -17,9 +17,10 @@ every per-node call count exactly; `check_exact` is the acceptance test of every
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import ExactnessError
 from .calltree import Node
@@ -119,11 +120,45 @@ def absorb(into: list[Loop], other: list[Loop]) -> None:
             absorb(va.body, vb.body)
 
 
+_Replay = list[tuple[Loop, list[int], list[list[int]]]]
+"""Per-instance data of one body, relative to its call: per loop of the body (in `walk` order), the seq offsets of
+its lanes and its picks."""
+
+
+def _replay_of(into: list[Loop], body: list[Loop], seq: int) -> _Replay:
+    """What absorbing `body` (built from the call `seq`, lanes still seqs) into `into` appends, relative to `seq`."""
+    return [(a, [lane - seq for lane in b.lanes], [list(p) for p in b.picks])
+            for a, b in zip(walk(into), walk(body), strict=True)]
+
+
+def _replay(replay: _Replay, seq: int) -> None:
+    """Absorb the body of call `seq` without building it: its calls are those of the replay's call, shifted."""
+    for loop, offsets, picks in replay:
+        loop.lanes.extend([seq + k for k in offsets])
+        if picks:
+            loop.picks.extend([list(p) for p in picks])
+
+
 class LoopBuilder:
-    def __init__(self, hints: Hints | None = None):
+    """Builds loop nests. Calls from a `TableTree` carry their seq as `lane` and a `shape`; with `lanes_of`, the nest
+    is built with seqs (an int array per loop) and they are replaced by their lanes at the end. Of the calls of one
+    address, those of one shape (the decode steps) have one body: the first is built, the others replay its lanes and
+    picks, shifted (the same nest as building and absorbing each body: tests/test_merge_replay.py)."""
+
+    def __init__(self, hints: Hints | None = None,
+                 lanes_of: Callable[[Iterable[int]], list[dict[str, Any]]] | None = None):
         self.hints = hints or Hints()
+        self.lanes_of = lanes_of
 
     def build(self, calls: list[Node]) -> list[Loop]:
+        """The loop nest of a session's top-level calls (or of any list of sibling calls), lanes resolved."""
+        loops = self._build(calls)
+        if self.lanes_of is not None:
+            for loop in walk(loops):
+                loop.lanes = self.lanes_of(loop.lanes)
+        return loops
+
+    def _build(self, calls: list[Node]) -> list[Loop]:
         """The loop nest of a list of sibling calls (the children of one call, or a session's top-level calls)."""
         by_address: dict[str, list[Node]] = {}
         for c in calls:
@@ -145,6 +180,11 @@ class LoopBuilder:
         _mark_rounds(calls, loops)
         return loops
 
+    def _lanes(self, calls: Iterable[Node]) -> Any:
+        """The lanes of some calls, or (with `lanes_of`) their seqs, in an array until the nest is built."""
+        found = [c.lane for c in calls]
+        return array("q", found) if self.lanes_of is not None else found
+
     def _label(self, loop: Loop, node: Node) -> Loop:
         loop.role, loop.stage = node.role, node.stage
         loop.axis = self.hints.axes.get(node.role or "")
@@ -155,18 +195,26 @@ class LoopBuilder:
         first = calls[0]
         variants: list[Variant] = []
         sigs: dict[tuple, Variant] = {}
+        replays: dict[bytes | None, tuple[Variant, _Replay]] = {}  # shape -> its variant, its replay
         for i, call in enumerate(calls):  # one body at a time: absorbed, then dropped
-            body = self.build(call.children)
+            shape = call.shape
+            if shape in replays:
+                replays[shape][0].iterations.append(i)
+                _replay(replays[shape][1], call.lane)
+                continue
+            body = self._build(call.children)
             sig = signature(body, first.address)
             v = sigs.get(sig)
             if v is not None:
                 v.iterations.append(i)
                 absorb(v.body, body)
             else:
-                sigs[sig] = Variant([i], body)
-                variants.append(sigs[sig])
+                v = sigs[sig] = Variant([i], body)
+                variants.append(v)
+            if shape is not None:
+                replays[shape] = (v, _replay_of(v.body, body, call.lane))
         kind = "parfor" if len(calls) > 1 else "call"
-        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=[c.lane for c in calls],
+        loop = Loop(kind, first.address, first.class_name, len(calls), lanes=self._lanes(calls),
                     variants=variants)
         return [self._label(loop, first)]
 
@@ -178,13 +226,13 @@ class LoopBuilder:
         else:
             is_select = calls[0].role in self.hints.select_roles
         size = self.hints.container_sizes.get(container)
-        bodies = [self.build(c.children) for _, c in members]
+        bodies = [self._build(c.children) for _, c in members]
         sigs = [(c.class_name, signature(b, c.address)) for (_, c), b in zip(members, bodies)]
         if is_select and len(set(sigs)) == 1:
             first = members[0][1]
             loop = Loop("select", first.address, first.class_name, len(members), container=container,
                         members=sorted(indices), container_size=size,
-                        lanes=[c.lane for _, c in members], picks=[[i for i, _ in members]],
+                        lanes=self._lanes(c for _, c in members), picks=[[i for i, _ in members]],
                         variants=[Variant(list(range(len(members))), bodies[0])])
             for body in bodies[1:]:
                 absorb(loop.body, body)
@@ -198,7 +246,7 @@ class LoopBuilder:
             first = run[0][1]
             kind = "for" if len(run) > 1 else "call"
             loop = Loop(kind, first.address, first.class_name, len(run), container=container,
-                        members=[i for i, _ in run], lanes=[c.lane for _, c in run],
+                        members=[i for i, _ in run], lanes=self._lanes(c for _, c in run),
                         variants=[Variant([0], run_bodies[0])])
             for body in run_bodies[1:]:
                 absorb(loop.body, body)
@@ -229,18 +277,25 @@ def substitute(address: str, subs: tuple[tuple[str, str], ...]) -> str:
 
 
 def expand(loops: Iterable[Loop]) -> Counter[str]:
-    """Multiply out every loop: the number of calls of each node that the nest describes."""
+    """Multiply out every loop: the number of calls of each node that the nest describes. A variant's body with no
+    `select` in it counts the same in every iteration: it is visited once, its counts times its iterations (a select
+    takes the next picks on each visit; the visits of one variant keep their order)."""
     out: Counter[str] = Counter()
     cursors: Counter[int] = Counter()
+    selects: dict[int, bool] = {}  # id of a body -> whether a select is in it
 
-    def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...]) -> None:
+    def visit(loops: Iterable[Loop], subs: tuple[tuple[str, str], ...], times: int) -> None:
         for loop in loops:
             if loop.kind in ("call", "parfor"):
-                address = substitute(loop.address, subs)
-                positions = {i: v for v in loop.variants for i in v.iterations}
-                for i in range(loop.bound if loop.kind == "parfor" else 1):
-                    out[address] += 1
-                    visit(positions[i].body, subs)
+                bound = loop.bound if loop.kind == "parfor" else 1
+                out[substitute(loop.address, subs)] += bound * times
+                positions = {i: j for j, v in enumerate(loop.variants) for i in v.iterations}
+                for j, k in Counter(positions[i] for i in range(bound)).items():
+                    body = loop.variants[j].body
+                    if id(body) not in selects:
+                        selects[id(body)] = any(inner.kind == "select" for inner in walk(body))
+                    for _ in range(k if selects[id(body)] else 1):
+                        visit(body, subs, times if selects[id(body)] else times * k)
             else:
                 if loop.kind == "select":
                     picked = loop.picks[cursors[id(loop)]]
@@ -250,10 +305,10 @@ def expand(loops: Iterable[Loop]) -> Counter[str]:
                 container = substitute(loop.container, subs)
                 for m in picked:
                     member = join(container, m)
-                    out[member] += 1
-                    visit(loop.body, subs + ((substitute(loop.address, subs), member),))
+                    out[member] += times
+                    visit(loop.body, subs + ((substitute(loop.address, subs), member),), times)
 
-    visit(loops, ())
+    visit(loops, (), 1)
     return out
 
 

@@ -124,6 +124,12 @@ def _notes(table: EventTable, step_role: str | None) -> list[str]:
     return notes
 
 
+def _loops(table: EventTable, hints: Hints) -> list[Loop]:
+    """The loop nest of a session's calls; the call tree and its lanes cache are dropped when it returns."""
+    tree = calltree.TableTree(table)
+    return LoopBuilder(hints, tree.lanes).build(tree.roots())
+
+
 def session_report(events: EventTable | list[CallEvent], config: ModelConfig | None, *, model_class: str,
                    end: SessionEnd | None, container_sizes: dict[str, int] | None = None,
                    allow_incomplete: bool = False) -> Report:
@@ -135,7 +141,7 @@ def session_report(events: EventTable | list[CallEvent], config: ModelConfig | N
         raise MergeError("the session recorded no call of an instrumented module: nothing to report (did the "
                          "session run the model?)")
     _refuse_broken(table)
-    loops = LoopBuilder(hints_for(config, container_sizes)).build(calltree.from_table(table))
+    loops = _loops(table, hints_for(config, container_sizes))
     counts = calltree.table_counts(table)
     check_exact(loops, counts)
     _check_steps(loops, step_role)

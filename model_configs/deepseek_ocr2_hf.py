@@ -6,7 +6,7 @@ global first; in `generate()` this happens before the first forward. The per-ima
 from the shapes of the features the model assembles image by image; the padding of a batched prefill from the
 attention mask (one host copy per session, only for more than one sample). Experts are weight tensors, not modules, so
 the experts hit are read from the router's top-k ids: the one documented tensor read of this config (one host copy
-per MoE call, made when the step ends so that a GPU never waits for it mid-step; switch it off with
+per MoE call, made when the step ends rather than mid-step; switch it off with
 `instrument(..., options={"expert_ledger": False})`).
 """
 
@@ -64,7 +64,7 @@ def projector_view(call: Any) -> dict[str, Any]:
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:
     """The router's top-k ids -> experts hit and tokens per expert (the documented exception: one host read per MoE
-    call, made when the step ends, so a GPU never waits for it mid-step)."""
+    call, made when the step ends (`lanes.Later`) rather than while the step's kernels still run on a GPU)."""
     if not call.state.get("options", {}).get("expert_ledger", True):
         return {}
     ids = result[2]

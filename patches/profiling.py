@@ -14,7 +14,8 @@ import contextvars
 from typing import Any, Callable
 
 from ..events.labels import label
-from .recorder import Call, Recorder
+from .call import Call
+from .recorder import Recorder
 
 
 class ProfilingRecorder(Recorder):

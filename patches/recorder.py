@@ -5,8 +5,8 @@ Invariants: call indices count per address over the session; the parent stack li
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
 (the model's top-level forward); calls before the first step belong to step 0 (lane `before_first_forward`).
 Wrappers only read shapes, dtypes, devices and Python values; a lane value an extractor hands over as a
-`lanes.Later` is read when the step ends (when the call outside any other returns), before the step is written, or
-earlier when `FLUSH_ROWS` calls are pending. Nothing the recorder does reaches the user's forward:
+`lanes.Later` is read, under the recorder's lock, when a call outside any other returns (a step), before it is
+written, or when the table takes the pending calls. Nothing the recorder does reaches the user's forward:
 an extractor that raises or returns something that is not plain JSON marks its event (`extract_error`); a failed
 write of the events file stops the file, keeps every event in memory and warns once (`write_failed`); any other
 internal failure is kept in `faults`, and a session with faults gets no report.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import inspect
 import threading
 import time
 import warnings
@@ -32,6 +31,7 @@ from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
 from ..events.stream import EventWriter
 from ..events.table import NO_PARENT, ROW, EventTable, NodeInfo, ThreadInfo
+from .call import Call
 
 FLUSH_ROWS = 4096
 """Finished calls wait in a pending list: the events file gets them when a step starts and when a call outside any
@@ -73,72 +73,17 @@ def plain_copy(value: Any) -> Any:
 def _plain(value: Any) -> bool:
     try:
         plain_copy(value)
-    except NotPlain:
+    except (NotPlain, RecursionError):  # RecursionError: circular or deeper than Python recurses
         return False
     return True
 
 
-_POSITIONS: dict[Any, dict[str, int]] = {}
-
-
-def _positions(fn: Callable[..., Any]) -> dict[str, int]:
-    """Position of each positional parameter of a forward (bound: without self), cached per function."""
-    key = getattr(fn, "__func__", fn)
-    found = _POSITIONS.get(key)
-    if found is None:
-        try:
-            names = [p.name for p in inspect.signature(fn).parameters.values()
-                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            names = []
-        found = _POSITIONS[key] = {name: i for i, name in enumerate(names)}
-    return found
-
-
-class Call:
-    """One running call, handed to extractors: `lane` is filled by `on_enter`, then by `on_exit`; `children` are the
-    finished calls it made so far (their `address`, `index`, `role`, `stage`, `lane`); `inputs` are the
-    (name, shape, dtype, device) of its tensor arguments, read when it started, before the forward could change them.
-    A finished call drops its arguments, module and children, so it never keeps a tensor or a subtree alive. `start`:
-    ns from the session's clock origin to the start of its forward; `label`: its profiler label while it runs, when
-    the session profiles (patches/profiling.py)."""
-
-    __slots__ = ("binding", "index", "seq", "step", "phase", "module", "forward", "args", "kwargs", "parent", "state",
-                 "lane", "children", "inputs", "start", "label")
-
-    def __init__(self, binding: Any, index: int, seq: int, step: int, phase: str, module: Any,
-                 forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None, state: dict[str, Any],
-                 inputs: tuple = ()):
-        self.binding, self.index, self.seq, self.step, self.phase, self.module = binding, index, seq, step, phase, module
-        self.forward, self.args, self.kwargs, self.parent, self.state, self.inputs = forward, args, kwargs, parent, \
-            state, inputs
-        self.lane: dict[str, Any] = {}
-        self.children: list[Call] = []
-
-    @property
-    def address(self) -> str:
-        return self.binding.address
-
-    @property
-    def role(self) -> str:
-        return self.binding.target.role
-
-    @property
-    def stage(self) -> str | None:
-        return self.binding.target.stage
-
-    def arg(self, name: str, default: Any = None) -> Any:
-        """An argument by name, whether it was passed by keyword or by position."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        i = _positions(self.forward).get(name)
-        return self.args[i] if i is not None and i < len(self.args) else default
-
-    def calls_before_in_parent(self) -> int:
-        """How many calls of this address the parent call made before this one (0 for the first)."""
-        if self.parent is None:
-            return 0
-        return sum(1 for c in self.parent.children if c.address == self.address)
+def _copied(value: Any) -> Any:
+    """A copy of a plain JSON value, or the value itself when it is not one (for `_intern` to refuse)."""
+    try:
+        return plain_copy(value)
+    except (NotPlain, RecursionError):
+        return value
 
 
 class Recorder:
@@ -166,7 +111,8 @@ class Recorder:
         self._phase = lanes.PREFILL
         self._pending: list[tuple] = []
         self._written = 0  # pending calls already in the events file (a prefix)
-        self._deferred = 0  # pending calls whose lane holds `Later` values
+        self._resolved = 0  # pending calls whose `Later` values are read (a prefix)
+        self._resolving = False
         self._tensor_ids: dict[tuple, int] = {}
         self._lock = threading.RLock()  # `_resolve` interns under it
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
@@ -244,9 +190,6 @@ class Recorder:
         if parent is not None:
             parent.children.append(call)
         else:  # a step, or a call outside any: its Later values are read, and it is in the file as it ends
-            if self._deferred:
-                with self._lock:
-                    self._resolve()
             self._write_pending()
         if len(pending) >= FLUSH_ROWS:
             self.flush()
@@ -261,9 +204,9 @@ class Recorder:
             found = None
         if found is not None:
             return found
-        if any(isinstance(v, lanes.Later) for v in lane.values()):
-            self._deferred += 1
-            return _Deferred(f"{call.address}:{call.index}", lane)
+        if any(isinstance(v, lanes.Later) for v in lane.values()):  # the others are copied now, as returned
+            return _Deferred(f"{call.address}:{call.index}", {k: v if isinstance(v, lanes.Later) else _copied(v)
+                                                               for k, v in lane.items()})
         return self._intern(lane, f"{call.address}:{call.index}")
 
     def _intern(self, lane: dict[str, Any], where: str) -> int:
@@ -272,7 +215,7 @@ class Recorder:
         what it returned, the table's lanes never change."""
         try:
             lane = plain_copy(lane)
-        except NotPlain:
+        except (NotPlain, RecursionError):
             bad = sorted((k for k, v in lane.items() if type(k) is not str or not _plain(v)), key=repr)
             lane = {k: plain_copy(v) for k, v in lane.items() if k not in bad}
             lane[lanes.EXTRACT_ERROR] = (f"{where}: the lane is not a dict of plain JSON values (str, int, float, bool, "
@@ -280,24 +223,47 @@ class Recorder:
         with self._lock:
             return self._table.add_lane(lane)
 
-    def _resolve(self) -> None:
-        """Read the `Later` values of the pending calls and give their rows lane ids (call under the lock)."""
-        pending = self._pending
-        for i, row in enumerate(pending):
-            deferred = row[_LANE]
-            if type(deferred) is not _Deferred:
-                continue
-            lane = {}
-            for key, value in deferred.lane.items():
-                if isinstance(value, lanes.Later):
-                    try:
-                        value = value.read()
-                    except Exception as exc:  # like an extractor's bug: marks the lane, never reaches the host
-                        lane.setdefault(lanes.EXTRACT_ERROR, f"{deferred.where}: reading {key!r} raised {exc!r}")
-                        continue
-                lane[key] = value
-            pending[i] = (*row[:_LANE], self._intern(lane, deferred.where), *row[_LANE + 1:])
-        self._deferred = 0
+    def _resolve(self) -> int:
+        """Read the `Later` values of the pending calls not looked at yet and give their rows lane ids; returns how
+        many pending rows are resolved (a prefix). Call under the lock; a read that records calls itself does not
+        re-enter. A read that raises marks its lane; one interrupted (KeyboardInterrupt) is re-raised afterwards."""
+        pending, start = self._pending, self._resolved
+        end = len(pending)
+        if self._resolving or start == end:
+            return start
+        self._resolving, interrupted = True, None
+        try:
+            for i in range(start, end):
+                row = pending[i]
+                if type(row[_LANE]) is _Deferred:
+                    lane, stop = self._read(row[_LANE])
+                    interrupted = interrupted or stop
+                    pending[i] = (*row[:_LANE], lane, *row[_LANE + 1:])
+            self._resolved = end
+        finally:
+            self._resolving = False
+        if interrupted is not None:
+            raise interrupted
+        return end
+
+    def _read(self, deferred: _Deferred) -> tuple[int, BaseException | None]:
+        """The lane id of a deferred lane, its `Later` values read, and the interruption a read raised, if any."""
+        lane: dict[str, Any] = {}
+        interrupted = None
+        for key, value in deferred.lane.items():
+            if isinstance(value, lanes.Later):
+                try:
+                    value = value.read()
+                except BaseException as exc:  # like an extractor's bug: marks the lane, never reaches the forward
+                    lane.setdefault(lanes.EXTRACT_ERROR, f"{deferred.where}: reading {key!r} raised {exc!r}")
+                    if not isinstance(exc, Exception):
+                        interrupted = interrupted or exc
+                    continue
+            lane[key] = value
+        try:
+            return self._intern(lane, deferred.where), interrupted
+        except Exception as exc:
+            return self._intern({lanes.EXTRACT_ERROR: f"{deferred.where}: its lane failed: {exc!r}"}, ""), interrupted
 
     def _tensors_id(self, key: tuple) -> int:
         found = self._tensor_ids.get(key)
@@ -321,28 +287,30 @@ class Recorder:
         return found
 
     def flush(self) -> None:
-        """Move the pending calls to the table, writing those not yet in the events file."""
+        """Move the pending calls to the table (their `Later` values read first), writing those not yet in the events
+        file."""
         with self._lock:
-            if self._deferred:
+            try:
                 self._resolve()
-            pending = self._pending
-            rows = pending[:len(pending)]
-            del pending[:len(rows)]
-            if rows:
-                self._table.extend(rows)
-                if self._written < len(rows):
-                    self._write(rows[self._written:])
-            self._written = 0
+            finally:  # a read interrupted: what is resolved moves all the same
+                pending = self._pending
+                rows = pending[:self._resolved]
+                if rows:
+                    self._table.extend(rows)
+                    del pending[:len(rows)]
+                    if self._written < len(rows):
+                        self._write(rows[self._written:])
+                self._written = 0  # it never passes the resolved prefix, which moved
+                self._resolved = 0
 
     def _write_pending(self) -> None:
-        """Write the pending calls not yet in the events file (they stay pending for the table)."""
-        if self._writer is None or self._written == len(self._pending):
-            return
+        """Read the `Later` values of the pending calls, and write those not yet in the events file (they stay
+        pending for the table)."""
         with self._lock:
-            rows = self._pending[self._written:]
-            if rows:
-                self._write(rows)
-                self._written += len(rows)
+            end = self._resolve()
+            if self._writer is not None and self._written < end:
+                self._write(self._pending[self._written:end])
+                self._written = end
 
     def _write(self, record: list[tuple] | SessionEnd) -> None:
         """Append to the file; on failure stop writing, keep the memory, warn once (the host never sees it)."""
@@ -381,7 +349,10 @@ class Recorder:
         """End the session: keep and write the end record, close the file (idempotent)."""
         if self.end is not None:
             return
-        self.flush()
+        try:
+            self.flush()
+        except BaseException as exc:  # closing never raises into the host's `with`; the report refuses the faults
+            self.fault(f"recording the session's last calls: {exc!r}")
         self.end = SessionEnd(session=self.session, events=len(self._table), steps=self.steps, ended=ended,
                               error=error, write_failed=self.write_failed, faults=tuple(self.faults))
         self._write(self.end)

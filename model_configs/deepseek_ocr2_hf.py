@@ -6,13 +6,12 @@ global first; in `generate()` this happens before the first forward. The per-ima
 from the shapes of the features the model assembles image by image; the padding of a batched prefill from the
 attention mask (one host copy per session, only for more than one sample). Experts are weight tensors, not modules, so
 the experts hit are read from the router's top-k ids: the one documented tensor read of this config (one host copy
-per MoE call, made when the step ends rather than mid-step; switch it off with
+per MoE call, on an accelerator made when the step ends rather than mid-step; switch it off with
 `instrument(..., options={"expert_ledger": False})`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from typing import Any
 
@@ -64,33 +63,42 @@ def projector_view(call: Any) -> dict[str, Any]:
 
 def router_topk(call: Any, result: Any) -> dict[str, Any]:
     """The router's top-k ids -> experts hit and tokens per expert (the documented exception: one host read per MoE
-    call, made when the step ends (`lanes.Later`) rather than while the step's kernels still run on a GPU)."""
+    call; on an accelerator made when the step ends, `lanes.Later`, rather than while the step's kernels run)."""
     if not call.state.get("options", {}).get("expert_ledger", True):
         return {}
-    ids = result[2]
-    read = functools.partial(_ledger, ids, _version(ids), int(call.module.num_experts), int(call.module.top_k))
-    return {"router": Later(functools.cache(read))}  # cached: the MoE call's lane reads the same copy
+    ledger = Ledger(result[2], int(call.module.num_experts), int(call.module.top_k))
+    return {"router": Later(ledger) if at_step_end(result[2]) else ledger()}
 
 
-def _version(tensor: Any) -> int | None:
-    """The tensor's version counter (it moves when the tensor is written to in place); None for a tensor made under
-    `torch.inference_mode`, which has none."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return None
+def at_step_end(ids: Any) -> bool:
+    """Whether to read the ids when the step ends: on an accelerator, where a read now would make the host wait for
+    the device mid-step; on the CPU there is nothing to wait for and reading now costs the least."""
+    return ids.device.type != "cpu"
 
 
-def _ledger(ids: Any, version: int | None, total: int, top_k: int) -> dict[str, Any]:
-    """Experts hit and tokens per expert of top-k ids [tokens, k], read at the step's end; refuses ids the model
-    wrote to after the router returned them (their version counter moved, where torch keeps one), which would not be
-    what it routed by."""
-    if _version(ids) != version:
-        raise ValueError("the router's top-k ids were written to after the router returned them")
-    counts = Counter(e for row in ids.tolist() for e in row)  # the one host copy
-    hit = sorted(counts)
-    return {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit], EXPERTS_TOTAL: total, TOP_K: top_k,
-            "tokens": int(ids.shape[0])}
+class Ledger:
+    """Experts hit and tokens per expert of a router's top-k ids [tokens, k], read to the host once, when first asked
+    (at the step's end: the router's lane and its MoE call's lane share the copy). Ids the model wrote to after the
+    router returned them (their version counter moved, where torch keeps one) are refused: they would not be what it
+    routed by."""
+
+    __slots__ = ("ids", "version", "total", "top_k", "read")
+
+    def __init__(self, ids: Any, total: int, top_k: int):
+        # an inference-mode tensor keeps no version counter (reading it would raise: tens of microseconds)
+        self.ids, self.version, self.total, self.top_k = ids, None if ids.is_inference() else ids._version, total, top_k
+        self.read: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self.read is None:
+            if self.version is not None and self.ids._version != self.version:
+                raise ValueError("the router's top-k ids were written to after the router returned them")
+            counts = Counter(e for row in self.ids.tolist() for e in row)  # the one host copy
+            hit = sorted(counts)
+            self.read = {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit], EXPERTS_TOTAL: self.total,
+                         TOP_K: self.top_k, "tokens": int(self.ids.shape[0])}
+            self.ids = None
+        return self.read
 
 
 def moe_done(call: Any, result: Any) -> dict[str, Any]:
@@ -100,8 +108,10 @@ def moe_done(call: Any, result: Any) -> dict[str, Any]:
                                                             None)}
     gate = [c for c in call.children if c.role == "llm.moe.gate"]
     router = gate[0].lane.get("router") if gate else None
-    if router is not None:
+    if isinstance(router, Later):
         lane.update({key: Later(lambda key=key: router.read()[key]) for key in LEDGER_KEYS})
+    elif router is not None:
+        lane.update(router)
     return lane
 
 

@@ -127,11 +127,15 @@ def test_expert_ledger_is_the_one_host_read_and_can_be_switched_off(tiny):
     assert session_report(rec_off.events, load_config("deepseek_ocr2_hf"), model_class="m", end=rec_off.end).moe is None
 
 
-def test_the_ledger_reads_the_router_ids_when_the_step_ends(tiny):
-    """The ledger's host reads wait for the step's end (on a GPU a read mid-step would make the host wait for the
-    device once per MoE call): in each step, the reads it adds come after the step's last torch call (a forward hook
-    on the root marks the end), all together, one per router call; what they read matches a hook on every router."""
+def test_the_ledger_reads_the_router_ids_when_the_step_ends(tiny, monkeypatch):
+    """On an accelerator the ledger's host reads wait for the step's end (a read mid-step would make the host wait
+    for the device once per MoE call; here the CPU is taken for one): in each step, the reads it adds come after the
+    step's last torch call (a forward hook on the root marks the end), all together, one per router call; what they
+    read matches a hook on every router."""
     from conftest import TensorOps
+    from loopmeta.model_configs import deepseek_ocr2_hf
+
+    monkeypatch.setattr(deepseek_ocr2_hf, "at_step_end", lambda ids: True)
 
     model = tiny.build_model("tiny")
     inputs = tiny.prepare_inputs(tiny.build_processor(), synthetic_page(640, 480))

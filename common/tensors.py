@@ -18,12 +18,7 @@ MAX_DEPTH = 50  # deeper nesting is not searched (no real model argument comes n
 
 def tensor_leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(name, tensor) pairs in `value`: names join keys and positions with dots (`past.0`)."""
-    out: list[tuple[str, Any]] = []
-    if isinstance(value, _tensor()):
-        out.append((prefix, value))
-    elif isinstance(value, _CONTAINERS):
-        _collect(value, prefix, 0, out)
-    return out
+    return _leaves(value, prefix, False)
 
 
 def call_metas(args: tuple, kwargs: dict) -> tuple[tuple[Any, ...], ...]:
@@ -40,12 +35,16 @@ def call_metas(args: tuple, kwargs: dict) -> tuple[tuple[Any, ...], ...]:
 
 def result_metas(value: Any) -> tuple[tuple[Any, ...], ...]:
     """`call_metas` of what a call returned (`tensor_leaves` order)."""
-    if isinstance(value, _TENSOR[0] if _TENSOR else _tensor()):
-        return (("", value.shape, value.dtype, value.device),)
+    return tuple(_leaves(value, "", True))
+
+
+def _leaves(value: Any, prefix: str, metas: bool) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
-    if isinstance(value, _CONTAINERS):
-        _collect(value, "", 0, out, True)
-    return tuple(out)
+    if isinstance(value, _TENSOR[0] if _TENSOR else _tensor()):
+        out.append((prefix, value.shape, value.dtype, value.device) if metas else (prefix, value))
+    elif isinstance(value, _CONTAINERS):
+        _collect(value, prefix, 0, out, metas)
+    return out
 
 
 _CONTAINERS = (list, tuple, dict)

@@ -5,8 +5,8 @@ Invariants: call indices count per address over the session; the parent stack li
 threads and tasks never see each other's open calls; a step starts with each call of the config's step target
 (the model's top-level forward); calls before the first step belong to step 0 (lane `before_first_forward`).
 Wrappers only read shapes, dtypes, devices and Python values; a lane value an extractor hands over as a
-`lanes.Later` is read, under the recorder's lock, when a call outside any other returns (a step), before it is
-written, or when the table takes the pending calls. Nothing the recorder does reaches the user's forward:
+`lanes.Later` is read, under the recorder's lock, when a call outside any other returns (a step) or a step starts,
+before the calls are written, or when the table is read. Nothing the recorder does reaches the user's forward:
 an extractor that raises or returns something that is not plain JSON marks its event (`extract_error`); a failed
 write of the events file stops the file, keeps every event in memory and warns once (`write_failed`); any other
 internal failure is kept in `faults`, and a session with faults gets no report.
@@ -36,7 +36,7 @@ from .call import Call
 FLUSH_ROWS = 4096
 """Finished calls wait in a pending list: the events file gets them when a step starts and when a call outside any
 other (a step) ends, so a kill -9 loses at most the calls still running and the finished calls inside them; the
-table gets them every `FLUSH_ROWS` calls and whenever it is read."""
+table gets them once this many have been read (`Later` values) and whenever it is read."""
 _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
 _SCALARS = (str, int, float, bool)
 _now = time.perf_counter_ns
@@ -112,7 +112,7 @@ class Recorder:
         self._pending: list[tuple] = []
         self._written = 0  # pending calls already in the events file (a prefix)
         self._resolved = 0  # pending calls whose `Later` values are read (a prefix)
-        self._resolving = False
+        self._resolving: int | None = None  # the thread reading `Later` values
         self._tensor_ids: dict[tuple, int] = {}
         self._lock = threading.RLock()  # `_resolve` interns under it
         self._stack: contextvars.ContextVar[Call | None] = contextvars.ContextVar(f"loopmeta_{self.session}",
@@ -142,12 +142,16 @@ class Recorder:
 
     def enter(self, binding: Any, module: Any, forward: Callable[..., Any], args: tuple,
               kwargs: dict) -> tuple[Call, contextvars.Token]:
-        """Start a call of `binding` (address, target, bound extractors, node); the caller must `exit` it."""
+        """Start a call of `binding` (address, target, bound extractors, node); the caller must `exit` it. A call
+        that a `Later` read makes is refused (the engine runs it unrecorded and keeps the fault)."""
+        if self._resolving == _thread():
+            raise RuntimeError("a lane's Later read called an instrumented module: reads must only read values")
         target = binding.target
+        if target.step:  # first: an interrupted read there spends no call index
+            self._write_pending()
         counts, node = self._counts, binding.node
         counts[node] = index = counts[node] + 1
         if target.step:
-            self._write_pending()
             step = self.steps
             self.steps += 1
         else:
@@ -191,8 +195,8 @@ class Recorder:
             parent.children.append(call)
         else:  # a step, or a call outside any: its Later values are read, and it is in the file as it ends
             self._write_pending()
-        if len(pending) >= FLUSH_ROWS:
-            self.flush()
+        if self._resolved >= FLUSH_ROWS:
+            self.flush(read=False)
 
     def _lane_id(self, call: Call) -> int | _Deferred:
         """The table's id of the call's lane, or, for a lane holding `Later` values, a `_Deferred` that `_resolve`
@@ -225,13 +229,14 @@ class Recorder:
 
     def _resolve(self) -> int:
         """Read the `Later` values of the pending calls not looked at yet and give their rows lane ids; returns how
-        many pending rows are resolved (a prefix). Call under the lock; a read that records calls itself does not
-        re-enter. A read that raises marks its lane; one interrupted (KeyboardInterrupt) is re-raised afterwards."""
+        many pending rows are resolved (a prefix). Call under the lock; while it reads, neither it nor `flush` runs
+        again (a read may read the table) and the reading thread records no call (`enter` refuses it). A read that raises marks its lane; one interrupted
+        (KeyboardInterrupt) is re-raised once every row is read."""
         pending, start = self._pending, self._resolved
         end = len(pending)
-        if self._resolving or start == end:
+        if self._resolving is not None or start == end:
             return start
-        self._resolving, interrupted = True, None
+        self._resolving, interrupted = _thread(), None
         try:
             for i in range(start, end):
                 row = pending[i]
@@ -241,7 +246,7 @@ class Recorder:
                     pending[i] = (*row[:_LANE], lane, *row[_LANE + 1:])
             self._resolved = end
         finally:
-            self._resolving = False
+            self._resolving = None
         if interrupted is not None:
             raise interrupted
         return end
@@ -286,12 +291,16 @@ class Recorder:
                 threads.append(ThreadInfo(threading.get_native_id(), threading.current_thread().name))
         return found
 
-    def flush(self) -> None:
-        """Move the pending calls to the table (their `Later` values read first), writing those not yet in the events
-        file."""
+    def flush(self, read: bool = True) -> None:
+        """Move the pending calls to the table (with `read`, their `Later` values read first; else those already
+        read), writing those not yet in the events file. Inside a `Later` read (which may record calls or read the
+        table) nothing moves: the reads' own loop owns the pending calls until it ends."""
         with self._lock:
+            if self._resolving is not None:
+                return
             try:
-                self._resolve()
+                if read:
+                    self._resolve()
             finally:  # a read interrupted: what is resolved moves all the same
                 pending = self._pending
                 rows = pending[:self._resolved]
@@ -349,10 +358,13 @@ class Recorder:
         """End the session: keep and write the end record, close the file (idempotent)."""
         if self.end is not None:
             return
+        interrupted = None
         try:
             self.flush()
-        except BaseException as exc:  # closing never raises into the host's `with`; the report refuses the faults
+        except Exception as exc:  # closing never fails the host's `with`; the report refuses the faults
             self.fault(f"recording the session's last calls: {exc!r}")
+        except BaseException as exc:  # an interrupted read: the session still ends, then the host gets it
+            interrupted = exc
         self.end = SessionEnd(session=self.session, events=len(self._table), steps=self.steps, ended=ended,
                               error=error, write_failed=self.write_failed, faults=tuple(self.faults))
         self._write(self.end)
@@ -363,3 +375,5 @@ class Recorder:
                 self.write_failed = f"closing {self._writer.path} failed: {exc}"
                 warnings.warn(f"loopmeta: {self.write_failed}; every event is kept in memory", RuntimeWarning)
             self._writer = None
+        if interrupted is not None:
+            raise interrupted

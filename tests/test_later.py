@@ -134,7 +134,7 @@ def test_a_row_queued_after_another_threads_step_end_is_read_later(tmp_path, mon
             ta = threading.Thread(target=model, args=(torch.ones(1, 4),), name="A")
             ta.start()
             a_in_window.wait(10)
-            model(torch.ones(1, 4))  # B: a full step; its root exit resolves and zeroes `_deferred`
+            model(torch.ones(1, 4))  # B: a full step; its root exit reads what is queued
             b_done.set()
             ta.join()
             try:
@@ -182,3 +182,25 @@ def test_an_interrupted_read_reaches_the_host_and_marks_the_lane(tmp_path):
         model(torch.ones(1, 4))
     first, second = whole(rec, tmp_path / "e.jsonl")
     assert "KeyboardInterrupt" in first["extract_error"] and "v" not in first and second == {"v": 1}
+
+
+def test_a_read_that_runs_a_recorded_module_is_a_fault_not_a_loop(tmp_path, monkeypatch):
+    """A read that runs a recorded module (and reads the table, with the table taking calls every 5): that call runs,
+    unrecorded, and the session keeps a fault (no report); every call of the steps is recorded with its value, in
+    memory and in the file, in order (a forward pre-hook counts the calls of `a`, the read's included)."""
+    monkeypatch.setattr(recorder_module, "FLUSH_ROWS", 5)
+    cfg = config(tmp_path, "    m, rec = call.module, call.state['rec']\n"
+                           "    return {'v': Later(lambda: (m(torch.ones(1, 4)), len(rec.table), 1)[2])}\n"
+                           "\nimport torch")
+    model = Toy()
+    seen = []
+    model.a.register_forward_pre_hook(lambda mod, args: seen.append(1))
+    with instrument(model, cfg, events=tmp_path / "e.jsonl") as rec:
+        rec.state["rec"] = rec
+        for _ in range(4):
+            model(torch.ones(1, 4))
+    assert len(seen) == 8 and len(rec.faults) == 1 and "Later read called an instrumented module" in rec.faults[0]
+    stream = read_events(tmp_path / "e.jsonl")
+    assert [e.lane for e in stream.events] == [e.lane for e in rec.events] and stream.end.faults == tuple(rec.faults)
+    assert [e.lane for e in rec.events if e.role == "a"] == [{"v": 1}] * 4
+    assert sorted(e.seq for e in rec.events) == list(range(8))

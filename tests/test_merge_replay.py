@@ -82,10 +82,16 @@ def plain_roots(events: list[CallEvent]) -> list[Node]:
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_replayed_steps_give_the_nest_built_call_by_call(seed):
+def test_replayed_steps_give_the_nest_built_call_by_call(seed, monkeypatch):
+    from loopmeta.merge import loops
+
     events, steps = random_session(seed)
+    replayed = []
+    real = loops._replay
+    monkeypatch.setattr(loops, "_replay", lambda *args: (replayed.append(args[1]), real(*args))[1])
     report = session_report(events, None, model_class="M",
                             end=SessionEnd(session="s", events=len(events), steps=steps, ended="returned"))
+    assert replayed  # steps were replayed, not all built
     built = LoopBuilder(Hints()).build(plain_roots(events))
     assert [dataclasses.asdict(loop) for loop in report.loops] == [dataclasses.asdict(loop) for loop in built]
     assert expand(report.loops) == Counter(e.address for e in events)

@@ -14,6 +14,9 @@ variant are checked identical to plain. Instrumenting and uninstrumenting are in
     python bench/recording.py                                   # tiny, CPU, one torch thread
     python bench/recording.py --size full --device cuda --dtype bfloat16 --reps 5   # on a GPU
 
+Then the recorder's own cost: replayed outside the model on the calls of one decode step, and timed inside the
+decode session (what the recorder's code costs while the model's code competes for the CPU's caches).
+
 Targets (issue 9): at most 5 us per event in memory and 8 us with the file; the file variant at most 1.05x plain on
 the decode-dominated session (also on a GPU with the full-size model).
 """
@@ -123,6 +126,44 @@ def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -
         "mean over the step's calls": sum(sum(v) for v in per_role.values()) / sum(map(len, per_role.values()))}
 
 
+def recorder_inside(model: Any, inputs: Any, new_tokens: int, reps: int = 5) -> float:
+    """The recorder's own time inside the run, per event: `enter` and `exit` (extractors, metadata, interning, the
+    step's writes) timed around each call with `perf_counter_ns`, instrumenting and uninstrumenting included; the
+    best of `reps` sessions (the timers themselves add about 0.2 us per call)."""
+    from loopmeta.patches import instrument
+
+    now, best = time.perf_counter_ns, float("inf")
+    with torch.inference_mode():
+        for _ in range(reps):
+            spent = [0]
+            start = now()
+            inst = instrument(model)
+            recorder = inst.recorder
+            enter, exit_ = recorder.enter, recorder.exit
+
+            def timed_enter(*args: Any) -> Any:
+                t = now()
+                try:
+                    return enter(*args)
+                finally:
+                    spent[0] += now() - t
+
+            def timed_exit(*args: Any) -> None:
+                t = now()
+                try:
+                    exit_(*args)
+                finally:
+                    spent[0] += now() - t
+            recorder.enter, recorder.exit = timed_enter, timed_exit
+            spent[0] += now() - start
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            start = now()
+            inst.uninstrument()
+            spent[0] += now() - start
+            best = min(best, spent[0] / len(recorder.table) / 1e3)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", choices=["tiny", "quarter", "full"])
@@ -181,6 +222,9 @@ def main() -> None:
     for role, us in recorder_alone(model, inputs).items():
         alone.add_row(role, f"{us:.1f}")
     console.print(alone)
+    inside = recorder_inside(model, inputs, args.decode_tokens)
+    console.print(f"the recorder inside the decode session (enter + exit, timed around each call): {inside:.1f} us "
+                  "per event", highlight=False)
 
 
 if __name__ == "__main__":

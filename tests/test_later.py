@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 
+import pytest
 import torch
 
 from loopmeta.events import read_events
@@ -93,6 +94,33 @@ def test_several_steps_inside_one_outer_call(tmp_path):
     with warnings.catch_warnings(record=True), instrument(model, cfg, events=tmp_path / "e.jsonl") as rec:
         model(torch.ones(1, 4))
     assert whole(rec, tmp_path / "e.jsonl") == [{"v": 1}, {"v": 1}]
+
+
+def test_an_interrupted_read_at_a_step_start_spends_no_call_index(tmp_path):
+    """Steps inside one outer call: the second step's start reads the first's values and the read is interrupted
+    (KeyboardInterrupt reaches the host, which runs the model again): the step that did not start takes no call
+    index, so the recorded indices of the step target still count 1, 2, 3, ..."""
+    cfg = config(tmp_path, "    return {'v': Later(_read)}\n\nN = []\n\ndef _read():\n    N.append(1)\n"
+                           "    if len(N) == 1:\n        raise KeyboardInterrupt\n    return 1",
+                 step="inner", a="inner.a", extra='[[targets]]\nrole = "outer"\npattern = ""\n')
+
+    class Toy(torch.nn.Module):  # noqa: F811 - the root class the config names
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Sequential()
+            self.inner.a = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.inner(self.inner(x))
+
+    model = Toy()
+    with warnings.catch_warnings(record=True), instrument(model, cfg, events=tmp_path / "e.jsonl") as rec:
+        with pytest.raises(KeyboardInterrupt):
+            model(torch.ones(1, 4))
+        model(torch.ones(1, 4))
+    steps = [e.call_index for e in sorted(rec.events, key=lambda e: e.seq) if e.role == "step"]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 3
+    assert [e.lane for e in read_events(tmp_path / "e.jsonl").events] == [e.lane for e in rec.events]
 
 
 def test_a_read_returning_a_circular_value_marks_the_lane(tmp_path):

@@ -45,7 +45,8 @@ class Call:
     def __init__(self, binding: Any, index: int, seq: int, step: int, phase: str, module: Any,
                  forward: Callable[..., Any], args: tuple, kwargs: dict, parent: Call | None, state: dict[str, Any],
                  inputs: tuple = ()):
-        self.binding, self.index, self.seq, self.step, self.phase, self.module = binding, index, seq, step, phase, module
+        self.binding, self.index, self.seq, self.step, self.phase = binding, index, seq, step, phase
+        self.module = module
         self.forward, self.args, self.kwargs, self.parent, self.state, self.inputs = forward, args, kwargs, parent, \
             state, inputs
         self.lane: dict[str, Any] = {}

@@ -41,8 +41,6 @@ _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
 _SCALARS = (str, int, float, bool)
 _now = time.perf_counter_ns
 _thread = threading.get_ident
-
-
 _LANE = ROW.index("lane")
 
 
@@ -222,16 +220,16 @@ class Recorder:
         except (NotPlain, RecursionError):
             bad = sorted((k for k, v in lane.items() if type(k) is not str or not _plain(v)), key=repr)
             lane = {k: plain_copy(v) for k, v in lane.items() if k not in bad}
-            lane[lanes.EXTRACT_ERROR] = (f"{where}: the lane is not a dict of plain JSON values (str, int, float, bool, "
-                                         f"None, lists, str-keyed dicts): {bad} hold other objects")
+            lane[lanes.EXTRACT_ERROR] = (f"{where}: the lane is not a dict of plain JSON values (str, int, float, "
+                                         f"bool, None, lists, str-keyed dicts): {bad} hold other objects")
         with self._lock:
             return self._table.add_lane(lane)
 
     def _resolve(self) -> int:
         """Read the `Later` values of the pending calls not looked at yet and give their rows lane ids; returns how
         many pending rows are resolved (a prefix). Call under the lock; while it reads, neither it nor `flush` runs
-        again (a read may read the table) and the reading thread records no call (`enter` refuses it). A read that raises marks its lane; one interrupted
-        (KeyboardInterrupt) is re-raised once every row is read."""
+        again (a read may read the table) and the reading thread records no call (`enter` refuses it). A read that
+        raises marks its lane; one interrupted (KeyboardInterrupt) is re-raised once every row is read."""
         pending, start = self._pending, self._resolved
         end = len(pending)
         if self._resolving is not None or start == end:
@@ -293,8 +291,8 @@ class Recorder:
 
     def flush(self, read: bool = True) -> None:
         """Move the pending calls to the table (with `read`, their `Later` values read first; else those already
-        read), writing those not yet in the events file. Inside a `Later` read (which may record calls or read the
-        table) nothing moves: the reads' own loop owns the pending calls until it ends."""
+        read), writing those not yet in the events file. Inside a `Later` read (which may read the table) nothing
+        moves: the reads' own loop owns the pending calls until it ends."""
         with self._lock:
             if self._resolving is not None:
                 return

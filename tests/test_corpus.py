@@ -202,7 +202,9 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 @needs_transformers5
 def test_a_rerun_with_other_options_is_refused(two_ranks, pages):
-    """Every rank refuses a store run with other options, in one line naming them, and leaves the store alone."""
+    """A store run with other options is refused by every rank that gets to check it (torchrun stops the other ranks
+    as soon as one fails, so a slower rank may be stopped before it prints), in one line naming them; the store is
+    left alone."""
     out, _ = two_ranks
     before = snapshot(out)
     done = run_corpus(1, pages, out, "--max-new-tokens", "2")
@@ -212,7 +214,8 @@ def test_a_rerun_with_other_options_is_refused(two_ranks, pages):
     both = run_corpus(2, pages, out, "--builtin", "quarter", "--option", "expert_ledger=false")
     refusals = [line for line in both.stderr.splitlines() if "holds pages run with other options" in line]
     assert both.returncode != 0 and "corpus/cli.py" not in both.stderr  # torchrun's own traceback aside
-    assert sorted(re.search(r"\[rank \d/2\]", line).group() for line in refusals) == ["[rank 0/2]", "[rank 1/2]"]
+    tags = [re.search(r"\[rank \d/2\]", line).group() for line in refusals]
+    assert tags and set(tags) <= {"[rank 0/2]", "[rank 1/2]"} and len(set(tags)) == len(tags)
     assert all('--builtin "tiny" there, "quarter" now' in line and "--option {} there" in line for line in refusals)
     assert snapshot(out) == before
     older = pages.parent / "older"

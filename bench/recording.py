@@ -129,7 +129,7 @@ def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -
 def recorder_inside(model: Any, inputs: Any, new_tokens: int, reps: int = 5) -> float:
     """The recorder's own time inside the run, per event: `enter` and `exit` (extractors, metadata, interning, the
     step's writes) timed around each call with `perf_counter_ns`, instrumenting and uninstrumenting included; the
-    best of `reps` sessions (the timers themselves add about 0.2 us per call)."""
+    best of `reps` sessions (the timers themselves add up to about half a microsecond per call)."""
     from loopmeta.patches import instrument
 
     now, best = time.perf_counter_ns, float("inf")

@@ -65,12 +65,12 @@ INPUT_KEYS = (IMAGES, IMAGES_BATCHED, REAL_TOKENS)
 # --- values an extractor hands over unread ---------------------------------------------------------------------------
 class Later:
     """A lane value read later: the recorder calls `read()` (no arguments; a plain JSON value back) when the step
-    ends, i.e. when the call outside any other returns, before the step is written; earlier only when 4096 calls
-    are waiting, when the table is read mid-step, or when a step on another thread ends first. For tensor values an
-    extractor must read: a host copy in the middle of a step makes a GPU's host wait for the device once per read;
-    at the step's end the device is done anyway. Only a top-level value of the lane may be a `Later`. A `read` that
-    raises, or returns what is not plain JSON, marks the lane `EXTRACT_ERROR` (an interruption, KeyboardInterrupt,
-    then goes on to the host).
+    ends, i.e. when the call outside any other returns, before the step is written; earlier only when the table is
+    read mid-step, when a step starts inside a call still running, or when a step on another thread ends first. For
+    tensor values an extractor must read: a host copy in the middle of a step makes a GPU's host wait for the device
+    once per read; at the step's end the device is done anyway. Only a top-level value of the lane may be a `Later`.
+    A `read` that raises, or returns what is not plain JSON, marks the lane `EXTRACT_ERROR` (an interruption,
+    KeyboardInterrupt, then goes on to the host); a read must not run an instrumented module (a fault).
 
         >>> later = Later(lambda: [3, 6])
         >>> later.read()

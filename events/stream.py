@@ -2,7 +2,7 @@
 `"kind": "node"` line per instrumented module, then batches: the lanes, tensor lists and threads first seen in the
 batch (`"kind": "lane"`, `"kind": "tensors"`, `"kind": "thread"`, numbered from 0 in order) and one `"kind": "calls"`
 line of rows (events/table.py `ROW`, then `CLOCK`: thread, start and end ns, then the error name or null). The
-recorder writes a batch at each step start, every few thousand calls and at the end, and flushes it; the last line
+recorder writes a batch when each step starts and ends and at the end, and flushes it; the last line
 is the `SessionEnd` (`"kind": "end"`). A kill -9 loses at most the calls of the batch in progress; the missing end
 record (and a last line written in part, which is dropped) says the stream was cut.
 

@@ -95,8 +95,8 @@ class Ledger:
                 raise ValueError("the router's top-k ids were written to after the router returned them")
             counts = Counter(e for row in self.ids.tolist() for e in row)  # the one host copy
             hit = sorted(counts)
-            self.read = {EXPERTS_HIT: hit, TOKENS_PER_EXPERT: [counts[e] for e in hit], EXPERTS_TOTAL: self.total,
-                         TOP_K: self.top_k, "tokens": int(self.ids.shape[0])}
+            values = (hit, [counts[e] for e in hit], self.total, self.top_k, int(self.ids.shape[0]))
+            self.read = dict(zip(LEDGER_KEYS, values, strict=True))
             self.ids = None
         return self.read
 

@@ -2,17 +2,20 @@
 
 Two sessions of the built-in random-weight DeepSeek-OCR 2, measured in one run:
 
-- decode-dominated: a 640x480 page (no crops, 270-token prompt), `generate` of `--decode-tokens` (256) tokens,
+- decode-dominated: a 640x480 page (no crops, 261-token prompt), `generate` of `--decode-tokens` (256) tokens,
   all generated (`min_new_tokens`);
 - prefill-dominated: a 1600x1200 page (6 crops, 1125-token prompt), `generate` of 8 tokens.
 
 Each session runs plain, with events in memory (`with instrument(model)`), and with the events file on (what
 `run_traced.py` does), interleaved (plain, memory, file, plain, ...) after one warm-up of each. The per-event cost is
 (variant - plain) / events on the fastest repetition of each; the ratio is of the medians. The outputs of every
-variant are checked identical to plain. Instrumenting and uninstrumenting are inside the timed block.
+variant are checked identical to plain; where they differ, a control without loopmeta (plain with a 2 ms host sleep
+after each MoE router call) says whether host timing alone changes them (on a GPU it can). Instrumenting and
+uninstrumenting are inside the timed block.
 
     python bench/recording.py                                   # tiny, CPU, one torch thread
-    python bench/recording.py --size full --device cuda --dtype bfloat16 --reps 5   # on a GPU
+    python bench/recording.py --size full --device cuda --dtype bfloat16 --reps 7   # on a GPU
+    python bench/recording.py --no-expert-ledger                # without the ledger's host read per MoE call
 
 Then the recorder's own cost: replayed outside the model on the calls of one decode step, and timed inside the
 decode session (what the recorder's code costs while the model's code competes for the CPU's caches).
@@ -46,7 +49,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: str, tmp: Path) -> dict[str, Any]:
+def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: str, tmp: Path,
+                  options: dict[str, Any]) -> dict[str, Any]:
     from loopmeta.patches import instrument
 
     events: dict[str, int] = {}
@@ -58,7 +62,7 @@ def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: s
 
     def recorded(path: Path | None) -> Callable[[], Any]:
         def run() -> Any:
-            with instrument(model, events=path) as recorder:
+            with instrument(model, events=path, options=options) as recorder:
                 out = generate()
             events["n"] = len(recorder.table)
             return out
@@ -96,7 +100,8 @@ def delayed(model: Any, generate: Callable[[], Any], seconds: float = 0.002) -> 
             hook.remove()
 
 
-def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -> dict[str, float]:
+def recorder_alone(model: Any, inputs: Any, options: dict[str, Any], step: int = 5,
+                   number: int = 2000) -> dict[str, float]:
     """The recorder's own cost per call (enter + extractors + exit), replayed outside the model on the real calls of
     one decode step (the step's own call aside): what a call costs when the model's work does not share the CPU's
     caches with it."""
@@ -106,7 +111,7 @@ def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -
     from loopmeta.patches.recorder import Recorder
 
     calls: list[tuple] = []
-    with instrument(model) as recorder, torch.inference_mode():
+    with instrument(model, options=options) as recorder, torch.inference_mode():
         enter, exit_ = recorder.enter, recorder.exit
         started: dict[int, tuple] = {}
 
@@ -122,7 +127,7 @@ def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -
 
         recorder.enter, recorder.exit = spy_enter, spy_exit
         model.generate(**inputs, max_new_tokens=step + 1, min_new_tokens=step + 1, do_sample=False)
-    replay = Recorder(recorder.header, recorder.table.nodes)
+    replay = Recorder(recorder.header, recorder.table.nodes, options=options)
     replay.steps = step
     per_role: dict[str, list[float]] = {}
     root = next(c for c in calls if c[0].target.step)
@@ -141,7 +146,7 @@ def recorder_alone(model: Any, inputs: Any, step: int = 5, number: int = 2000) -
         "mean over the step's calls": sum(sum(v) for v in per_role.values()) / sum(map(len, per_role.values()))}
 
 
-def recorder_inside(model: Any, inputs: Any, new_tokens: int, reps: int = 5) -> float:
+def recorder_inside(model: Any, inputs: Any, new_tokens: int, options: dict[str, Any], reps: int = 5) -> float:
     """The recorder's own time inside the run, per event: `enter` and `exit` (extractors, metadata, interning, the
     step's writes) timed around each call with `perf_counter_ns`, instrumenting and uninstrumenting included; the
     best of `reps` sessions (the timers themselves add up to about half a microsecond per call)."""
@@ -152,7 +157,7 @@ def recorder_inside(model: Any, inputs: Any, new_tokens: int, reps: int = 5) -> 
         for _ in range(reps):
             spent = [0]
             start = now()
-            inst = instrument(model)
+            inst = instrument(model, options=options)
             recorder = inst.recorder
             enter, exit_ = recorder.enter, recorder.exit
 
@@ -189,7 +194,10 @@ def main() -> None:
     parser.add_argument("--prefill-tokens", type=int, default=8)
     parser.add_argument("--sessions", nargs="+", default=list(SESSIONS), choices=list(SESSIONS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (0: torch's default)")
+    parser.add_argument("--no-expert-ledger", action="store_true",
+                        help="instrument without the expert ledger (its host read per MoE call): that read's share")
     args = parser.parse_args()
+    options = {"expert_ledger": False} if args.no_expert_ledger else {}
     if args.threads > 0 and args.device == "cpu":
         torch.set_num_threads(args.threads)
     import transformers
@@ -209,7 +217,7 @@ def main() -> None:
     model = build_model(args.size, dtype=dtype, device=args.device)
     processor = build_processor()
     table = Table(title=f"events-only recording vs plain generate ({args.size}, {args.device}, {args.dtype}; "
-                        f"{args.reps} interleaved reps; seconds)")
+                        f"{args.reps} interleaved reps; seconds{'; no expert ledger' if options else ''})")
     for col in ("session", "variant", "median", "min", "vs plain", "events", "us/event", "target", "file MB",
                 "same output"):
         table.add_column(col, justify="left" if col in ("session", "variant") else "right")
@@ -218,7 +226,7 @@ def main() -> None:
         for name in args.sessions:
             inputs = prepare_inputs(processor, synthetic_page(*SESSIONS[name]), dtype=dtype).to(args.device)
             tokens = args.decode_tokens if name == "decode" else args.prefill_tokens
-            r = bench_session(model, inputs, tokens, args.reps, args.device, Path(tmp))
+            r = bench_session(model, inputs, tokens, args.reps, args.device, Path(tmp), options)
             if r["control_same"] is not None:
                 controls[name] = r["control_same"]
             plain_med, plain_min = statistics.median(r["times"]["plain"]), min(r["times"]["plain"])
@@ -241,10 +249,10 @@ def main() -> None:
     alone = Table(title="the recorder alone: us per call, replayed on the calls of decode step 5 (no model work)")
     alone.add_column("role")
     alone.add_column("us/call", justify="right")
-    for role, us in recorder_alone(model, inputs).items():
+    for role, us in recorder_alone(model, inputs, options).items():
         alone.add_row(role, f"{us:.1f}")
     console.print(alone)
-    inside = recorder_inside(model, inputs, args.decode_tokens)
+    inside = recorder_inside(model, inputs, args.decode_tokens, options)
     console.print(f"the recorder inside the decode session (enter + exit, timed around each call): {inside:.1f} us "
                   "per event", highlight=False)
 

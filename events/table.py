@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..common.jsonable import jsonable
 from ..errors import EventFileError
 from .lanes import PHASES
 from .schema import CallEvent, TensorMeta
@@ -61,11 +62,11 @@ class ThreadInfo:
 
 
 def lane_key(lane: dict[str, Any]) -> Any:
-    """A hashable key, equal only for lanes equal as JSON (`1`, `1.0` and `true` differ): keys, value types and values,
-    or the `repr` when a value is a list or a dict (exact for plain JSON values; key order counts, which only makes
-    two ids for one lane)."""
+    """A hashable key, equal only for lanes equal as JSON (`1`, `1.0` and `true` differ, and so do `0.0` and `-0.0`,
+    which compare equal): keys, value types and values, or the `repr` when a value is a float, a list or a dict (exact
+    for plain JSON values; key order counts, which only makes two ids for one lane)."""
     types = tuple(map(type, lane.values()))
-    if list in types or dict in types or tuple in types:
+    if float in types or list in types or dict in types or tuple in types:
         return repr(lane)
     return tuple(lane), types, tuple(lane.values())
 
@@ -178,7 +179,7 @@ class EventTable:
         return self._seq_rows[seq]
 
     def event(self, row: int) -> CallEvent:
-        """The `CallEvent` of one row (its lane a fresh copy)."""
+        """The `CallEvent` of one row (its lane a fresh deep copy: changing it never changes the table)."""
         c = self.columns
         node = self.nodes[c["node"][row]]
         inputs, parent = self.tensors[c["inputs"][row]], c["parent"][row]
@@ -193,7 +194,8 @@ class EventTable:
             parent_key = None
         return CallEvent(session=self.session, seq=c["seq"][row], step=c["step"][row], phase=PHASES[c["phase"][row]],
                          address=node.address, class_name=node.class_name, call_index=c["call_index"][row],
-                         parent=parent_key, role=node.role, stage=node.stage, lane=dict(self.lanes[c["lane"][row]]),
+                         parent=parent_key, role=node.role, stage=node.stage,
+                         lane=jsonable(self.lanes[c["lane"][row]]),
                          inputs=inputs, outputs=self.tensors[c["outputs"][row]],
                          device=inputs[0].device if inputs else None, error=self.errors.get(row))
 

@@ -13,7 +13,7 @@ import torch
 from conftest import as_version3, as_version4
 from loopmeta.errors import EventFileError
 from loopmeta.events import read_events
-from loopmeta.events.table import lane_key
+from loopmeta.events.table import NO_PARENT, EventTable, NodeInfo, lane_key
 from loopmeta.patches import instrument
 from stubs.deepseek_ocr_v1 import MODES
 
@@ -113,9 +113,22 @@ def test_version_4_files_are_still_read(v1_sessions, tmp_path):
 
 def test_lanes_equal_as_json_share_an_id_and_only_those():
     keys = [lane_key(lane) for lane in ({"a": 1}, {"a": True}, {"a": 1.0}, {"a": "1"}, {"a": [1]}, {"a": [True]},
-                                        {"a": {"b": 1}}, {"b": 1})]
+                                        {"a": {"b": 1}}, {"b": 1}, {"a": 0.0}, {"a": -0.0}, {"a": [0.0]}, {"a": [-0.0]})]
     assert len(set(keys)) == len(keys)
+    assert [json.dumps(lane) for lane in ({"a": 0.0}, {"a": -0.0})] == ['{"a": 0.0}', '{"a": -0.0}']  # JSON tells them apart
     assert lane_key({"a": 1, "b": [2]}) == lane_key({"a": 1, "b": [2]})
+
+
+def test_an_events_lane_is_a_copy_all_the_way_down():
+    table = EventTable("s")
+    table.add_lane({"hit": [1, 2], "ledger": {"k": [3]}})
+    table.nodes.append(NodeInfo("a", "A", "r", "st"))
+    table.tensors.append(())
+    table.extend([(0, 0, 0, 0, 1, NO_PARENT, 0, 0, 0)])
+    lane = table.event(0).lane
+    lane["hit"].append(9)
+    lane["ledger"]["k"].append(9)
+    assert table.event(0).lane == {"hit": [1, 2], "ledger": {"k": [3]}}
 
 
 def test_a_class_shared_with_unrecorded_modules_is_left_alone(tmp_path):

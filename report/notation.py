@@ -63,6 +63,52 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+STEP_RUNS_KEY = "k=a..b: one more per step"
+"""What a value range on a run of steps means (the text and Markdown reports' steps say it once)."""
+
+
+def step_runs(steps: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The report's steps as (steps, phase, lane text) lines: consecutive steps of one phase with the same shown keys,
+    each key's value the same in every step or an integer one larger per step, make one line (`steps 1..255`, the
+    counting keys as `k=a..b` over as many values as steps); every other step is a line of its own.
+
+        >>> step_runs([{"step": 1, "phase": "decode", "past": 9, "b": 1}, {"step": 2, "phase": "decode", "past": 10, "b": 1}])
+        [('1..2', 'decode', 'past=9..10 b=1')]
+    """
+    runs: list[list[dict[str, Any]]] = []
+    for step in steps:
+        if runs and _continues(runs[-1], step):
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return [(ranges([s[STEP] for s in run]), run[0][PHASE], _run_text(run)) for run in runs]
+
+
+def _shown(step: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in step.items() if k not in STEP_KEYS + INPUT_KEYS}
+
+
+def _continues(run: list[dict[str, Any]], step: dict[str, Any]) -> bool:
+    first, last, new = _shown(run[0]), _shown(run[-1]), _shown(step)
+    if step[STEP] != run[-1][STEP] + 1 or step[PHASE] != run[0][PHASE] or list(new) != list(first):
+        return False
+    for key, value in new.items():
+        same = value_text(value) == value_text(first[key]) == value_text(last[key])
+        counts = all(type(v) is int for v in (value, first[key], last[key])) and \
+            value == last[key] + 1 == first[key] + len(run)
+        if not (same or counts):
+            return False
+    return True
+
+
+def _run_text(run: list[dict[str, Any]]) -> str:
+    if len(run) == 1:
+        return fmt_lane(run[0])
+    first, last = _shown(run[0]), _shown(run[-1])
+    return " ".join(f"{k}={value_text(v)}" if value_text(v) == value_text(last[k]) else f"{k}={v}..{last[k]}"
+                    for k, v in first.items())
+
+
 def ranges(indices: list[int]) -> str:
     out, start = [], None
     for i, x in enumerate(indices):

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 from ..report.inputs import input_lines
-from ..report.notation import fmt_lane, loop_lines, ranges
+from ..report.notation import STEP_RUNS_KEY, loop_lines, ranges, step_runs
 from ..report.schema import Report
 from .charts import experts_chart, steps_chart
 from .text import moe_line
@@ -75,9 +75,10 @@ def to_html(report: Report, drawing: str | None, drawing_missing: str = "no draw
             [[ranges(g["steps"]), g["phase"], s, nest or "empty"] for g in report.stage_view
              for s, nest in g["stages"].items()])))
     if report.steps:
+        runs = step_runs(report.steps)
+        lane = "lane" if len(runs) == len(report.steps) else f"lane ({STEP_RUNS_KEY})"
         parts.append(_section("Steps", _figure(steps_chart(report.steps), "no numeric step lanes to plot"),
-                              _table(["step", "phase", "lane"],
-                                     [[s["step"], s["phase"], fmt_lane(s)] for s in report.steps])))
+                              _table(["step", "phase", lane], [list(run) for run in runs])))
     inputs = input_lines(report.steps)
     if inputs:
         parts.append(_section("Inputs", "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in inputs) + "</ul>"))

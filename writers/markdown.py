@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..report.inputs import input_lines
-from ..report.notation import fmt_lane, loop_lines, ranges, value_text
+from ..report.notation import STEP_RUNS_KEY, loop_lines, ranges, step_runs, value_text
 from ..report.schema import Report
 from .text import moe_line
 from .work import BOUND_HEADER, HEADER, bound_caption, bound_rows, caption, stage_rows, work_notes
@@ -28,8 +28,9 @@ def to_markdown(report: Report) -> str:
             [[ranges(g["steps"]), g["phase"], s, f"`{nest}`" if nest else "empty"]
              for g in report.stage_view for s, nest in g["stages"].items()])
     if report.steps:
-        lines += ["", "## Steps", ""] + _table(["step", "phase", "lane"],
-                                               [[str(s["step"]), s["phase"], fmt_lane(s)] for s in report.steps])
+        runs = step_runs(report.steps)
+        lines += ["", "## Steps", ""] + ([] if len(runs) == len(report.steps) else [f"({STEP_RUNS_KEY})", ""])
+        lines += _table(["step", "phase", "lane"], [list(run) for run in runs])
     inputs = input_lines(report.steps)
     if inputs:
         lines += ["", "## Inputs", ""] + [f"- {line}" for line in inputs]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..report.inputs import input_lines
-from ..report.notation import fmt_lane, loop_lines, ranges
+from ..report.notation import STEP_RUNS_KEY, loop_lines, ranges, step_runs
 from ..report.schema import Report
 from .work import BOUND_HEADER, HEADER, aligned, bound_caption, bound_rows, caption, stage_rows, work_notes
 
@@ -38,7 +38,9 @@ def to_text(report: Report) -> str:
     if report.stage_view:
         parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
     if report.steps:
-        parts += ["", "steps:"] + [f"  step {s['step']}: {s['phase']} " + fmt_lane(s) for s in report.steps]
+        runs = step_runs(report.steps)
+        parts += ["", "steps:" if len(runs) == len(report.steps) else f"steps ({STEP_RUNS_KEY}):"]
+        parts += [f"  step{'s' if '..' in steps else ''} {steps}: {phase} {text}" for steps, phase, text in runs]
     inputs = input_lines(report.steps)
     if inputs:
         parts += ["", "inputs:"] + ["  " + line for line in inputs]

@@ -184,6 +184,22 @@ def recorder_inside(model: Any, inputs: Any, new_tokens: int, options: dict[str,
     return best
 
 
+def table_rows(r: dict[str, Any], label: str) -> list[list[str]]:
+    """One session's rows of the printed table: median, min, ratio of medians, us/event of the fastest runs."""
+    plain_med, plain_min = statistics.median(r["times"]["plain"]), min(r["times"]["plain"])
+    rows = []
+    for variant, ts in r["times"].items():
+        med, low = statistics.median(ts), min(ts)
+        per = (low - plain_min) / r["events"] * 1e6
+        target = TARGETS.get(variant)
+        verdict = "-" if target is None else f"{'met' if per <= target else 'missed'} ({target:g})"
+        rows.append([label if variant == "plain" else "", variant, f"{med:.3f}", f"{low:.3f}",
+                     f"{med / plain_med:.3f}x", str(r["events"]), "-" if variant == "plain" else f"{per:.1f}", verdict,
+                     f"{r['file_bytes'] / 1e6:.2f}" if variant == "file" else "",
+                     "" if variant == "plain" else str(r["same"])])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", choices=["tiny", "quarter", "full"])
@@ -229,30 +245,28 @@ def main() -> None:
             r = bench_session(model, inputs, tokens, args.reps, args.device, Path(tmp), options)
             if r["control_same"] is not None:
                 controls[name] = r["control_same"]
-            plain_med, plain_min = statistics.median(r["times"]["plain"]), min(r["times"]["plain"])
-            label = f"{name} ({inputs['input_ids'].shape[1]}-token prompt, {tokens} new)"
-            for variant, ts in r["times"].items():
-                med, low = statistics.median(ts), min(ts)
-                per = (low - plain_min) / r["events"] * 1e6
-                target = TARGETS.get(variant)
-                verdict = "-" if target is None else f"{'met' if per <= target else 'missed'} ({target:g})"
-                table.add_row(label if variant == "plain" else "", variant, f"{med:.3f}", f"{low:.3f}",
-                              f"{med / plain_med:.3f}x", str(r["events"]), "-" if variant == "plain" else f"{per:.1f}",
-                              verdict, f"{r['file_bytes'] / 1e6:.2f}" if variant == "file" else "",
-                              "" if variant == "plain" else str(r["same"]))
+            for row in table_rows(r, f"{name} ({inputs['input_ids'].shape[1]}-token prompt, {tokens} new)"):
+                table.add_row(*row)
     console.print(table)
     for name, same_under_delay in controls.items():
-        console.print(f"{name}: instrumented outputs differ from plain; control, plain with a 2 ms host sleep after each "
-                      f"MoE router call and no loopmeta: {'same as plain' if same_under_delay else 'differs too'}",
+        console.print(f"{name}: instrumented outputs differ from plain; control, plain with a 2 ms host sleep after "
+                      f"each MoE router call and no loopmeta: {'same as plain' if same_under_delay else 'differs too'}",
                       highlight=False)
     inputs = prepare_inputs(processor, synthetic_page(*SESSIONS["decode"]), dtype=dtype).to(args.device)
+    print_recorder(console, model, inputs, args.decode_tokens, options)
+
+
+def print_recorder(console: Any, model: Any, inputs: Any, tokens: int, options: dict[str, Any]) -> None:
+    """The recorder's own cost: replayed alone per role, and timed inside the decode session."""
+    from rich.table import Table
+
     alone = Table(title="the recorder alone: us per call, replayed on the calls of decode step 5 (no model work)")
     alone.add_column("role")
     alone.add_column("us/call", justify="right")
     for role, us in recorder_alone(model, inputs, options).items():
         alone.add_row(role, f"{us:.1f}")
     console.print(alone)
-    inside = recorder_inside(model, inputs, args.decode_tokens, options)
+    inside = recorder_inside(model, inputs, tokens, options)
     console.print(f"the recorder inside the decode session (enter + exit, timed around each call): {inside:.1f} us "
                   "per event", highlight=False)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..common.jsonable import jsonable
+from ..common.jsonable import plain_copy
 from ..errors import EventFileError
 from .lanes import PHASES
 from .schema import CallEvent, TensorMeta
@@ -195,7 +195,7 @@ class EventTable:
         return CallEvent(session=self.session, seq=c["seq"][row], step=c["step"][row], phase=PHASES[c["phase"][row]],
                          address=node.address, class_name=node.class_name, call_index=c["call_index"][row],
                          parent=parent_key, role=node.role, stage=node.stage,
-                         lane=jsonable(self.lanes[c["lane"][row]]),
+                         lane=plain_copy(self.lanes[c["lane"][row]]),
                          inputs=inputs, outputs=self.tensors[c["outputs"][row]],
                          device=inputs[0].device if inputs else None, error=self.errors.get(row))
 

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from ..common.jsonable import NotPlain, plain_copy
 from ..common.tensors import call_metas, result_metas
 from ..events import lanes
 from ..events.schema import CallEvent, SessionEnd, SessionHeader, TensorMeta
@@ -38,7 +39,6 @@ FLUSH_ROWS = 4096
 other (a step) ends, so a kill -9 loses at most the calls still running and the finished calls inside them; the
 table gets them once this many have been read (`Later` values) and whenever it is read."""
 _PHASE_CODES = {phase: i for i, phase in enumerate(lanes.PHASES)}
-_SCALARS = (str, int, float, bool)
 _now = time.perf_counter_ns
 _thread = threading.get_ident
 _LANE = ROW.index("lane")
@@ -49,23 +49,6 @@ class _Deferred(NamedTuple):
 
     where: str
     lane: dict[str, Any]
-
-
-class NotPlain(TypeError):
-    """A lane value that is not plain JSON."""
-
-
-def plain_copy(value: Any) -> Any:
-    """A copy of a plain JSON value (None, str, int, float, bool, lists, tuples as lists, str-keyed dicts); raises
-    `NotPlain` for anything else (a subclass too: an `IntEnum`, a `torch.Size`, an `OrderedDict`)."""
-    kind = type(value)
-    if value is None or kind in _SCALARS:
-        return value
-    if kind is list or kind is tuple:
-        return [plain_copy(v) for v in value]
-    if kind is dict and all(type(k) is str for k in value):
-        return {k: plain_copy(v) for k, v in value.items()}
-    raise NotPlain(kind.__name__)
 
 
 def _plain(value: Any) -> bool:

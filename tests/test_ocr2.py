@@ -166,14 +166,14 @@ def test_the_ledger_reads_the_router_ids_when_the_step_ends(tiny, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
 def test_on_cuda_the_ledger_adds_one_wait_per_router_call_and_matches_the_routers(tiny):
-    """On CUDA the ledger's one host read per router call is the only wait the instrumentation adds (torch's sync
-    debug mode counts the synchronizing calls: the plain session's plus one per router call), and the experts hit
-    match a forward hook on every router, read in the same run."""
+    """On CUDA the ledger's one host read per router call is the only wait the instrumentation adds that torch's sync
+    debug mode detects (it counts the plain session's synchronizing calls plus one per router call, and none more
+    with the ledger off), and the experts hit match a forward hook on every router, read in the same run."""
     import warnings
 
     model = tiny.build_model("tiny", device="cuda")
     inputs = tiny.prepare_inputs(tiny.build_processor(), synthetic_page(640, 480)).to("cuda")
-    run = lambda: model.generate(**inputs, max_new_tokens=3, do_sample=False)  # noqa: E731
+    run = lambda: model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)  # noqa: E731
 
     def syncs(fn):
         torch.cuda.set_sync_debug_mode("warn")
@@ -188,8 +188,10 @@ def test_on_cuda_the_ledger_adds_one_wait_per_router_call_and_matches_the_router
     plain = syncs(run)
     with instrument(model):
         traced = syncs(run)
+    with instrument(model, options={"expert_ledger": False}):
+        unread = syncs(run)
     routers = sum(1 for m in model.modules() if type(m).__name__ == "DeepseekOcr2TextTopkRouter")
-    assert traced == plain + 3 * routers  # 3 steps
+    assert routers > 0 and traced == plain + 3 * routers and unread == plain  # 3 steps
     with instrument(model) as rec:  # the hooks read in the same run: the device's numerics may vary between runs
         expected = [ids for _, ids in router_ids(model, run)]
     assert [e.lane["router"]["experts_hit"] for e in sorted(rec.events, key=lambda e: e.seq)

@@ -242,7 +242,37 @@ def main(argv: list[str] | None = None) -> int:
         fail(console, str(exc))
     except KeyboardInterrupt:
         fail(console, interrupted(args.out / "events.jsonl" if args.from_events is None else None))
+    except Exception as exc:
+        message = None if args.from_events is not None else model_raised(exc, args.out)
+        if message is None:  # not the model's own error: loopmeta's, whose traceback is the bug report
+            raise
+        fail(console, message)
     return 2
+
+
+def model_raised(exc: Exception, out: Path) -> str | None:
+    """What to say when the model's session raised `exc` (its events file ends `raised` with that error): the error
+    on one line, its traceback written to error.txt, the step reached and the events kept; None for any other error."""
+    import traceback
+
+    from loopmeta.events.stream import read_events
+
+    events = out / "events.jsonl"
+    try:
+        stream = read_events(events)
+    except (LoopmetaError, OSError):
+        return None
+    if stream.end is None or (stream.end.ended, stream.end.error) != ("raised", type(exc).__name__):
+        return None
+    trace = out / "error.txt"
+    try:
+        trace.write_text("".join(traceback.format_exception(exc)))
+        where = f"its traceback is in {trace}"
+    except OSError as err:
+        where = f"its traceback could not be written to {trace} ({err.strerror})"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"the model raised {type(exc).__name__}: {first} (at step {max(stream.end.steps - 1, 0)}); {where}; "
+            f"events kept in {events} (rebuild the finished steps with --from-events {events} --allow-incomplete)")
 
 
 def interrupted(events: Path | None) -> str:

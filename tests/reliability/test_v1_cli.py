@@ -74,35 +74,8 @@ def test_an_unknown_mode_lists_the_modes(v1_hub, cli, tmp_path):
     assert code == 2 and "gundam" in err
 
 
-def test_ctrl_c_says_where_it_stopped(v1_hub, cli, tmp_path, monkeypatch):
-    loaded, image = v1_hub
-    from loopmeta.model_configs import deepseek_ocr_v1
-
-    real = deepseek_ocr_v1.infer_session
-
-    def session(request, config):
-        s = real(request, config)
-        seen = []
-
-        def interrupt(module, args):
-            seen.append(1)
-            if len(seen) == 3:
-                raise KeyboardInterrupt
-        s.model.lm_head.register_forward_pre_hook(interrupt)
-        return s
-
-    monkeypatch.setattr(deepseek_ocr_v1, "infer_session", session)
-    code, err = cli(*base_args(image, tmp_path / "out"), "--mode", "base", "--max-new-tokens", "5")
-    assert code == 2 and "interrupted at step 2" in err and "events.jsonl" in err and "incomplete" in err
-    end = json.loads((tmp_path / "out" / "events.jsonl").read_text().splitlines()[-1])
-    assert (end["kind"], end["ended"]) == ("end", "interrupted")
-
-
-def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, cli, tmp_path, monkeypatch):
-    """The model's own error: one line naming it and the step, exit status 2, the traceback in error.txt, the events
-    kept and ended `raised`; an error of loopmeta's own (here in writing the outputs) still shows its traceback."""
-    loaded, image = v1_hub
-    from loopmeta import run_traced
+def raise_at_third_lm_head_call(monkeypatch, error):
+    """Make the v1 session's model raise `error` when its `lm_head` is called the third time (step 2)."""
     from loopmeta.model_configs import deepseek_ocr_v1
 
     real = deepseek_ocr_v1.infer_session
@@ -114,13 +87,32 @@ def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, c
         def crash(module, args):
             seen.append(1)
             if len(seen) == 3:
-                raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
+                raise error
         s.model.lm_head.register_forward_pre_hook(crash)
         return s
 
     monkeypatch.setattr(deepseek_ocr_v1, "infer_session", session)
-    out = tmp_path / "out"
-    code, err = cli(*base_args(image, out), "--mode", "base", "--max-new-tokens", "5")
+
+
+def test_ctrl_c_says_where_it_stopped(v1_hub, cli, tmp_path, monkeypatch):
+    loaded, image = v1_hub
+    raise_at_third_lm_head_call(monkeypatch, KeyboardInterrupt())
+    code, err = cli(*base_args(image, tmp_path / "out"), "--mode", "base", "--max-new-tokens", "5")
+    assert code == 2 and "interrupted at step 2" in err and "events.jsonl" in err and "incomplete" in err
+    end = json.loads((tmp_path / "out" / "events.jsonl").read_text().splitlines()[-1])
+    assert (end["kind"], end["ended"]) == ("end", "interrupted")
+
+
+def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, cli, tmp_path, monkeypatch):
+    """The model's own error: one line naming it and the step, exit status 2, the traceback in error.txt, the events
+    kept and ended `raised`; an error of loopmeta's own (here in writing the outputs) still shows its traceback."""
+    loaded, image = v1_hub
+    from loopmeta import run_traced
+
+    with monkeypatch.context() as patched:
+        raise_at_third_lm_head_call(patched, RuntimeError("CUDA out of memory (simulated)\nsecond line"))
+        out = tmp_path / "out"
+        code, err = cli(*base_args(image, out), "--mode", "base", "--max-new-tokens", "5")
     assert code == 2 and "the model raised RuntimeError: CUDA out of memory (simulated) (at step 2)" in err
     assert "second line" not in err and str(out / "error.txt") in err and "--allow-incomplete" in err
     trace = (out / "error.txt").read_text()
@@ -128,7 +120,6 @@ def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, c
     end = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
     assert (end["kind"], end["ended"], end["error"]) == ("end", "raised", "RuntimeError")
 
-    monkeypatch.setattr(deepseek_ocr_v1, "infer_session", real)
     monkeypatch.setattr(run_traced, "add_work_outputs", lambda *a: (_ for _ in ()).throw(ValueError("ours")))
     with pytest.raises(ValueError, match="ours"):
         run_traced.main([str(a) for a in base_args(image, tmp_path / "out2")] + ["--mode", "base"])

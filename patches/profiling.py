@@ -3,7 +3,7 @@ inside a `torch.profiler.record_function` range named by events/labels.py, so a 
 kernels included, can be cut per stage, step and loop iteration (traces/profile.py).
 
 Invariants: the range opens after the recorder has started the call and closes before it ends it, so on one thread
-ranges nest as the calls do; a range that cannot be opened leaves the call unrecorded (the recorder's stack is reset,
+ranges nest as the calls do; a step's `lanes.Later` values (a GPU's host reads) are read before its range closes; a range that cannot be opened leaves the call unrecorded (the recorder's stack is reset,
 the engine keeps the fault). `record_function` is a dispatcher call of its own: without `profile=True` nothing here
 runs, and the wrappers issue no tensor op.
 """
@@ -40,6 +40,10 @@ class ProfilingRecorder(Recorder):
     def exit(self, call: Call, token: contextvars.Token, result: Any, error: BaseException | None,
              on_exit: Callable[..., Any] | None) -> None:
         try:
-            call.label.__exit__(None, None, None)
+            if call.parent is None:  # a step ends: its `Later` values are read inside its range, not after it
+                self._write_pending()
         finally:
-            super().exit(call, token, result, error, on_exit)
+            try:
+                call.label.__exit__(None, None, None)
+            finally:
+                super().exit(call, token, result, error, on_exit)

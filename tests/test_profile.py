@@ -120,3 +120,38 @@ def test_a_label_that_cannot_open_never_breaks_the_forward(tmp_path, monkeypatch
         assert torch.equal(model(x), plain) and torch.equal(model(x), plain)
         assert rec.current() is None  # the recorder's stack was left as it was
     assert len(rec.table) == 0 and any("no profiler here" in f for f in rec.faults)
+
+
+def test_a_steps_later_reads_fall_inside_its_range(tmp_path, monkeypatch):
+    """A lane value read when the step ends (`lanes.Later`, e.g. a GPU's router ids) is read while the step's
+    profiler range is still open, so a trace puts its time in the step, not between steps."""
+    import torch.profiler
+
+    log: list[str] = []
+
+    class Range:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            log.append("open " + self.name.split("/")[-1].split("[")[0])
+            return self
+
+        def __exit__(self, *exc):
+            log.append("close " + self.name.split("/")[-1].split("[")[0])
+
+    (tmp_path / "net.py").write_text(
+        "from loopmeta.events.lanes import Later\n"
+        "def step(call):\n    return {'phase': 'prefill'}\n"
+        "def head_done(call, result):\n    log = call.state['options']['log']\n"
+        "    return {'read': Later(lambda: log.append('read') or 7)}\n")
+    (tmp_path / "net.toml").write_text(
+        'name = "net"\nroot_classes = ["Net"]\nadapter = "net"\n'
+        '[[targets]]\nrole = "step"\npattern = ""\nstep = true\non_enter = "step"\n'
+        '[[targets]]\nrole = "head"\npattern = "head"\non_exit = "head_done"\n')
+    monkeypatch.setattr(torch.profiler, "record_function", Range)
+    model = Net()
+    with instrument(model, tmp_path / "net.toml", profile=True, options={"log": log}) as rec:
+        model(torch.ones(8, 16))
+    assert log == ["open step", "open head", "close head", "read", "close step"]
+    assert [e.lane.get("read") for e in rec.events if e.role == "head"] == [7]

@@ -6,6 +6,11 @@ Each message names what to fix (the config and target, the file and line, the no
 from __future__ import annotations
 
 
+MODEL_ERROR = "loopmeta_model_error"
+"""The attribute the engine sets on an exception that a recorded module's forward raised (the model's own error, not
+loopmeta's): `(session id, step)` of the innermost recorded call it left."""
+
+
 class LoopmetaError(Exception):
     """Base of every loopmeta refusal."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loopmeta.cli import check_device, fail, load_session, option, page, positive
-from loopmeta.errors import ConfigError, LoopmetaError, SessionError
+from loopmeta.errors import MODEL_ERROR, ConfigError, LoopmetaError, SessionError
 
 
 def kinds(text: str) -> list[str]:
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         extras = add_work_outputs(report, args)
         paths = write_report(report, args.out, svg=not args.no_svg, html=not args.no_html)
         extras += time_outputs(args, events)
+        (args.out / "error.txt").unlink(missing_ok=True)  # an earlier run's model error, not this run's
     print(to_text(report))
     console.print(f"wrote {events}, " + ", ".join(str(p) for p in [*paths.values(), *extras]))
     note_missing_svg(args, console)
@@ -251,18 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def model_raised(exc: Exception, out: Path) -> str | None:
-    """What to say when the model's session raised `exc` (its events file ends `raised` with that error): the error
-    on one line, its traceback written to error.txt, the step reached and the events kept; None for any other error."""
+    """What to say when a recorded module's forward raised `exc` (the model's own error: `errors.MODEL_ERROR`): the
+    error on one line with the step, its traceback written to error.txt, and the session's events file; None for any
+    other error."""
+    import json
     import traceback
 
-    from loopmeta.events.stream import read_events
-
-    events = out / "events.jsonl"
-    try:
-        stream = read_events(events)
-    except (LoopmetaError, OSError):
-        return None
-    if stream.end is None or (stream.end.ended, stream.end.error) != ("raised", type(exc).__name__):
+    session, step = getattr(exc, MODEL_ERROR, (None, None))
+    if session is None:
         return None
     trace = out / "error.txt"
     try:
@@ -270,9 +267,16 @@ def model_raised(exc: Exception, out: Path) -> str | None:
         where = f"its traceback is in {trace}"
     except OSError as err:
         where = f"its traceback could not be written to {trace} ({err.strerror})"
+    events = out / "events.jsonl"
+    try:
+        with events.open() as f:
+            ours = json.loads(f.readline()).get("session") == session
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    kept = (f"events kept in {events} (rebuild the finished steps with --from-events {events} --allow-incomplete)"
+            if ours else "no events file of this session was kept")
     first = (str(exc).strip().splitlines() or [""])[0]
-    return (f"the model raised {type(exc).__name__}: {first} (at step {max(stream.end.steps - 1, 0)}); {where}; "
-            f"events kept in {events} (rebuild the finished steps with --from-events {events} --allow-incomplete)")
+    return f"the model raised {type(exc).__name__}{': ' + first if first else ''} at step {step}; {where}; {kept}"
 
 
 def interrupted(events: Path | None) -> str:

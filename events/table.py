@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import compress
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..common.jsonable import plain_copy
+from ..common.jsonable import NotPlain, plain_copy
 from ..errors import EventFileError
 from .lanes import PHASES
 from .schema import CallEvent, TensorMeta
@@ -126,7 +126,8 @@ class EventTable:
 
     @classmethod
     def from_events(cls, events: Iterable[CallEvent]) -> EventTable:
-        """A table of `CallEvent`s (rows in the given order)."""
+        """A table of `CallEvent`s (rows in the given order); their lanes are copied and must be plain JSON (a tuple
+        becomes a list; anything else is refused, naming the call)."""
         events = list(events)
         table = cls(events[0].session if events else "")
         node_ids: dict[NodeInfo, int] = {}
@@ -147,7 +148,12 @@ class EventTable:
             parent = NO_PARENT if e.parent is None else seq_of.get(e.parent, LOST_PARENT)
             if parent == LOST_PARENT:
                 table.lost_parents[len(rows)] = e.parent
-            rows.append((e.seq, e.step, PHASES.index(e.phase), n, e.call_index, parent, table.add_lane(dict(e.lane)),
+            try:
+                lane = plain_copy(e.lane)
+            except (NotPlain, RecursionError):
+                raise EventFileError(f"call {e.address or '<root>'}:{e.call_index}: its lane is not plain JSON (str, int, "
+                                     "float, bool, None, lists, str-keyed dicts)") from None
+            rows.append((e.seq, e.step, PHASES.index(e.phase), n, e.call_index, parent, table.add_lane(lane),
                          ids[0], ids[1], e.error))
         if rows:
             table.extend(rows)

@@ -11,11 +11,12 @@ Invariants:
 - the wrapper records only calls of instances bound to a live instrumentation and passes every other call straight
   through; a call that re-enters the same instance (a subclass forward calling `super().forward`) is one call;
 - nothing the recorder does can raise into the user's forward: a recorder failure is kept as a fault and the call
-  runs unrecorded.
+  runs unrecorded; an exception the forward itself raises goes on unchanged, tagged `errors.MODEL_ERROR`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import wrapt
 
 from ..common.attributes import Swap
-from ..errors import InstrumentationError
+from ..errors import MODEL_ERROR, InstrumentationError
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
         _exit(recorder, call, token, None, exc, None)
+        if not hasattr(exc, MODEL_ERROR):
+            with contextlib.suppress(Exception):  # an exception that takes no attributes stays as it is
+                setattr(exc, MODEL_ERROR, (recorder.session, call.step))
         raise
     _exit(recorder, call, token, result, None, binding.on_exit)
     return result

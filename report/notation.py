@@ -6,7 +6,7 @@ inside a `for` or `select`, the representative member reads as an index variable
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..events.lanes import (BEFORE_FIRST_FORWARD, EXPERTS_HIT, EXPERTS_TOTAL, INPUT_KEYS, PHASE, STEP, STEP_KEYS,
                             TOKENS_PER_EXPERT, TOP_K)
@@ -64,16 +64,26 @@ def value_text(value: Any) -> str:
 
 
 STEP_RUNS_KEY = "k=a..b: one more per step"
-"""What a value range on a run of steps means (the text and Markdown reports' steps say it once)."""
+"""What a value range on a line of steps means (the text, Markdown and HTML reports say it once, when one counts)."""
 
 
-def step_runs(steps: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """The report's steps as (steps, phase, lane text) lines: consecutive steps of one phase with the same shown keys,
-    each key's value the same in every step or an integer one larger per step, make one line (`steps 1..255`, the
-    counting keys as `k=a..b` over as many values as steps); every other step is a line of its own.
+class StepLine(NamedTuple):
+    """One line of the report's steps: `steps` (`4` or `1..255`), the phase, the lane text, and whether a value in it
+    counts up with the steps (`k=a..b`)."""
 
-        >>> step_runs([{"step": 1, "phase": "decode", "past": 9, "b": 1}, {"step": 2, "phase": "decode", "past": 10, "b": 1}])
-        [('1..2', 'decode', 'past=9..10 b=1')]
+    steps: str
+    phase: str
+    lane: str
+    counts: bool
+
+
+def step_runs(steps: list[dict[str, Any]]) -> list[StepLine]:
+    """The report's steps as lines: consecutive steps of one phase with the same shown keys, each key's value shown
+    the same in every step or an integer one larger per step, make one line (`steps 1..255`, the counting keys as
+    `k=a..b` over as many values as steps); every other step is a line of its own.
+
+        >>> step_runs([{"step": 1, "phase": "decode", "past": 9}, {"step": 2, "phase": "decode", "past": 10}])[0].lane
+        'past=9..10'
     """
     runs: list[list[dict[str, Any]]] = []
     for step in steps:
@@ -81,7 +91,13 @@ def step_runs(steps: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             runs[-1].append(step)
         else:
             runs.append([step])
-    return [(ranges([s[STEP] for s in run]), run[0][PHASE], _run_text(run)) for run in runs]
+    lines = []
+    for run in runs:
+        first, last = _shown(run[0]), _shown(run[-1])
+        counting = [k for k, v in first.items() if value_text(v) != value_text(last[k])]
+        text = " ".join(f"{k}={v}..{last[k]}" if k in counting else f"{k}={value_text(v)}" for k, v in first.items())
+        lines.append(StepLine(ranges([s[STEP] for s in run]), run[0][PHASE], text, bool(counting)))
+    return lines
 
 
 def _shown(step: dict[str, Any]) -> dict[str, Any]:
@@ -99,14 +115,6 @@ def _continues(run: list[dict[str, Any]], step: dict[str, Any]) -> bool:
         if not (same or counts):
             return False
     return True
-
-
-def _run_text(run: list[dict[str, Any]]) -> str:
-    if len(run) == 1:
-        return fmt_lane(run[0])
-    first, last = _shown(run[0]), _shown(run[-1])
-    return " ".join(f"{k}={value_text(v)}" if value_text(v) == value_text(last[k]) else f"{k}={v}..{last[k]}"
-                    for k, v in first.items())
 
 
 def ranges(indices: list[int]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loopmeta.errors import InstrumentationError, MergeError
+from loopmeta.errors import MODEL_ERROR, InstrumentationError, MergeError
 from loopmeta.events import EventWriter, read_events
 from loopmeta.patches import Instrumentation, is_instrumented
 from loopmeta.patches.recorder import Recorder
@@ -98,10 +98,11 @@ def test_uninstrument_twice_and_before_instrument(v1_model):
 def test_exception_inside_the_forward_restores_and_closes(v1_model, tmp_path):
     before = forwards(v1_model)
     path = tmp_path / "events.jsonl"
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError) as raised:
         with Instrumentation(v1_model, "deepseek_ocr_v1", events=path, check_versions=False) as rec:
             v1_model(input_ids=torch.full((1, 4), 10**6))  # out of vocabulary: raises inside the forward
     assert forwards(v1_model) == before and not is_instrumented(v1_model)
+    assert getattr(raised.value, MODEL_ERROR) == (rec.session, 0)  # tagged as the model's own error, type unchanged
     _, table, end = read_events(path)
     events = list(table.events())
     assert {(e.address, e.error) for e in events} >= {("", "IndexError"), ("model", "IndexError")}

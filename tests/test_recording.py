@@ -13,6 +13,7 @@ import torch
 from conftest import as_version3, as_version4
 from loopmeta.errors import EventFileError
 from loopmeta.events import read_events
+from loopmeta.events.schema import CallEvent
 from loopmeta.events.table import NO_PARENT, EventTable, NodeInfo, lane_key
 from loopmeta.patches import instrument
 from stubs.deepseek_ocr_v1 import MODES
@@ -129,6 +130,18 @@ def test_an_events_lane_is_a_copy_all_the_way_down():
     lane["hit"].append(9)
     lane["ledger"]["k"].append(9)
     assert table.event(0).lane == {"hit": [1, 2], "ledger": {"k": [3]}}
+
+
+def test_events_whose_lane_is_not_plain_json_are_refused_naming_the_call():
+    import dataclasses
+
+    import numpy as np
+
+    event = CallEvent(session="s", seq=0, step=0, phase="prefill", address="a", class_name="A", call_index=1,
+                      parent=None, role="r", stage=None, lane={"n": [1, 2]}, inputs=(), outputs=())
+    assert EventTable.from_events([event]).event(0).lane == {"n": [1, 2]}
+    with pytest.raises(EventFileError, match="call a:1: its lane is not plain JSON"):
+        EventTable.from_events([dataclasses.replace(event, lane={"n": np.int64(3)})])
 
 
 def test_a_class_shared_with_unrecorded_modules_is_left_alone(tmp_path):

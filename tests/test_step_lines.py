@@ -37,14 +37,15 @@ def test_folded_lines_unfold_to_every_step():
               {"step": 44, "phase": "decode", "batch": 2, "seq_len": 1, "past_len": 942, "kv_len": 942, "x": True},
               {"step": 45, "phase": "prefill", "batch": 2, "seq_len": 1, "past_len": 943, "kv_len": 943, "x": True}]
     lines = step_runs(steps)
-    assert [line[0] for line in lines] == ["0", "1..39", "40..41", "42", "44", "45"]
-    assert [u for line in lines for u in unfold(*line)] == [(s["step"], s["phase"], fmt_lane(s)) for s in steps]
+    assert [line.steps for line in lines] == ["0", "1..39", "40..41", "42", "44", "45"]
+    assert [line.counts for line in lines] == [False, True, True, False, False, False]
+    assert [u for line in lines for u in unfold(*line[:3])] == [(s["step"], s["phase"], fmt_lane(s)) for s in steps]
 
 
 def test_a_key_that_stops_counting_or_changes_ends_the_line():
     base = {"phase": "decode", "seq_len": 1}
     steps = [{**base, "step": 1, "past_len": 5}, {**base, "step": 2, "past_len": 6}, {**base, "step": 3, "past_len": 6},
              {**base, "step": 4, "past_len": 6}, {**base, "step": 5, "past_len": 8}, {**base, "step": 6, "seq_len": 1}]
-    assert step_runs(steps) == [("1..2", "decode", "seq_len=1 past_len=5..6"),
-                                ("3..4", "decode", "seq_len=1 past_len=6"),
-                                ("5", "decode", "seq_len=1 past_len=8"), ("6", "decode", "seq_len=1")]
+    assert step_runs(steps) == [("1..2", "decode", "seq_len=1 past_len=5..6", True),
+                                ("3..4", "decode", "seq_len=1 past_len=6", False),
+                                ("5", "decode", "seq_len=1 past_len=8", False), ("6", "decode", "seq_len=1", False)]

@@ -76,9 +76,9 @@ def to_html(report: Report, drawing: str | None, drawing_missing: str = "no draw
              for s, nest in g["stages"].items()])))
     if report.steps:
         runs = step_runs(report.steps)
-        lane = "lane" if len(runs) == len(report.steps) else f"lane ({STEP_RUNS_KEY})"
+        lane = f"lane ({STEP_RUNS_KEY})" if any(r.counts for r in runs) else "lane"
         parts.append(_section("Steps", _figure(steps_chart(report.steps), "no numeric step lanes to plot"),
-                              _table(["step", "phase", lane], [list(run) for run in runs])))
+                              _table(["step", "phase", lane], [[r.steps, r.phase, r.lane] for r in runs])))
     inputs = input_lines(report.steps)
     if inputs:
         parts.append(_section("Inputs", "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in inputs) + "</ul>"))

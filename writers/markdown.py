@@ -29,8 +29,8 @@ def to_markdown(report: Report) -> str:
              for g in report.stage_view for s, nest in g["stages"].items()])
     if report.steps:
         runs = step_runs(report.steps)
-        lines += ["", "## Steps", ""] + ([] if len(runs) == len(report.steps) else [f"({STEP_RUNS_KEY})", ""])
-        lines += _table(["step", "phase", "lane"], [list(run) for run in runs])
+        lines += ["", "## Steps", ""] + ([f"({STEP_RUNS_KEY})", ""] if any(r.counts for r in runs) else [])
+        lines += _table(["step", "phase", "lane"], [[r.steps, r.phase, r.lane] for r in runs])
     inputs = input_lines(report.steps)
     if inputs:
         lines += ["", "## Inputs", ""] + [f"- {line}" for line in inputs]

@@ -39,8 +39,8 @@ def to_text(report: Report) -> str:
         parts += ["", "stages per step:"] + ["  " + s for s in stage_lines(report)]
     if report.steps:
         runs = step_runs(report.steps)
-        parts += ["", "steps:" if len(runs) == len(report.steps) else f"steps ({STEP_RUNS_KEY}):"]
-        parts += [f"  step{'s' if '..' in steps else ''} {steps}: {phase} {text}" for steps, phase, text in runs]
+        parts += ["", f"steps ({STEP_RUNS_KEY}):" if any(r.counts for r in runs) else "steps:"]
+        parts += [f"  step{'s' if '..' in r.steps else ''} {r.steps}: {r.phase} {r.lane}" for r in runs]
     inputs = input_lines(report.steps)
     if inputs:
         parts += ["", "inputs:"] + ["  " + line for line in inputs]

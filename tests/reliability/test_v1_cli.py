@@ -104,22 +104,36 @@ def test_ctrl_c_says_where_it_stopped(v1_hub, cli, tmp_path, monkeypatch):
 
 
 def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, cli, tmp_path, monkeypatch):
-    """The model's own error: one line naming it and the step, exit status 2, the traceback in error.txt, the events
-    kept and ended `raised`; an error of loopmeta's own (here in writing the outputs) still shows its traceback."""
+    """The model's own error (raised inside a recorded forward): one line naming it and the step, exit status 2, the
+    traceback in error.txt, the events kept and ended `raised`. An error of loopmeta's own inside the session (here
+    before the model runs) keeps its traceback, although the session ended `raised` too; a later successful run in
+    the same folder removes the stale error.txt."""
     loaded, image = v1_hub
     from loopmeta import run_traced
 
+    out = tmp_path / "out"
     with monkeypatch.context() as patched:
         raise_at_third_lm_head_call(patched, RuntimeError("CUDA out of memory (simulated)\nsecond line"))
-        out = tmp_path / "out"
         code, err = cli(*base_args(image, out), "--mode", "base", "--max-new-tokens", "5")
-    assert code == 2 and "the model raised RuntimeError: CUDA out of memory (simulated) (at step 2)" in err
+    assert code == 2 and "the model raised RuntimeError: CUDA out of memory (simulated) at step 2;" in err
     assert "second line" not in err and str(out / "error.txt") in err and "--allow-incomplete" in err
     trace = (out / "error.txt").read_text()
     assert trace.startswith("Traceback") and "crash" in trace and "second line" in trace
     end = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
     assert (end["kind"], end["ended"], end["error"]) == ("end", "raised", "RuntimeError")
 
-    monkeypatch.setattr(run_traced, "add_work_outputs", lambda *a: (_ for _ in ()).throw(ValueError("ours")))
-    with pytest.raises(ValueError, match="ours"):
-        run_traced.main([str(a) for a in base_args(image, tmp_path / "out2")] + ["--mode", "base"])
+    real = run_traced.profiled_run
+
+    def ours(run, args):
+        def failing():
+            raise RuntimeError("a bug of loopmeta's")
+        return failing
+    with monkeypatch.context() as patched:
+        patched.setattr(run_traced, "profiled_run", ours)
+        with pytest.raises(RuntimeError, match="a bug of loopmeta's"):
+            run_traced.main([str(a) for a in base_args(image, out)] + ["--mode", "base"])
+    end = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
+    assert (end["ended"], end["error"]) == ("raised", "RuntimeError") and (out / "error.txt").exists()
+    assert run_traced.profiled_run is real
+    code, err = cli(*base_args(image, out), "--mode", "base", "--max-new-tokens", "2", "--no-torchlens")
+    assert code == 0 and not (out / "error.txt").exists()

@@ -151,8 +151,8 @@ class EventTable:
             try:
                 lane = plain_copy(e.lane)
             except (NotPlain, RecursionError):
-                raise EventFileError(f"call {e.address or '<root>'}:{e.call_index}: its lane is not plain JSON (str, int, "
-                                     "float, bool, None, lists, str-keyed dicts)") from None
+                raise EventFileError(f"call {e.address or '<root>'}:{e.call_index}: its lane is not plain JSON (str, "
+                                     "int, float, bool, None, lists, str-keyed dicts)") from None
             rows.append((e.seq, e.step, PHASES.index(e.phase), n, e.call_index, parent, table.add_lane(lane),
                          ids[0], ids[1], e.error))
         if rows:

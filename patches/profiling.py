@@ -3,8 +3,8 @@ inside a `torch.profiler.record_function` range named by events/labels.py, so a 
 kernels included, can be cut per stage, step and loop iteration (traces/profile.py).
 
 Invariants: the range opens after the recorder has started the call and closes before it ends it, so on one thread
-ranges nest as the calls do; a step's `lanes.Later` values (a GPU's host reads) are read before its range closes; a range that cannot be opened leaves the call unrecorded (the recorder's stack is reset,
-the engine keeps the fault). `record_function` is a dispatcher call of its own: without `profile=True` nothing here
+ranges nest as the calls do; a step's `lanes.Later` values (a GPU's host reads) are read before its range closes; a
+range that cannot be opened leaves the call unrecorded (the recorder's stack is reset, the engine keeps the fault). `record_function` is a dispatcher call of its own: without `profile=True` nothing here
 runs, and the wrappers issue no tensor op.
 """
 

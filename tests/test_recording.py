@@ -114,9 +114,10 @@ def test_version_4_files_are_still_read(v1_sessions, tmp_path):
 
 def test_lanes_equal_as_json_share_an_id_and_only_those():
     keys = [lane_key(lane) for lane in ({"a": 1}, {"a": True}, {"a": 1.0}, {"a": "1"}, {"a": [1]}, {"a": [True]},
-                                        {"a": {"b": 1}}, {"b": 1}, {"a": 0.0}, {"a": -0.0}, {"a": [0.0]}, {"a": [-0.0]})]
+                                        {"a": {"b": 1}}, {"b": 1}, {"a": 0.0}, {"a": -0.0}, {"a": [0.0]},
+                                        {"a": [-0.0]})]
     assert len(set(keys)) == len(keys)
-    assert [json.dumps(lane) for lane in ({"a": 0.0}, {"a": -0.0})] == ['{"a": 0.0}', '{"a": -0.0}']  # JSON tells them apart
+    assert [json.dumps(lane) for lane in ({"a": 0.0}, {"a": -0.0})] == ['{"a": 0.0}', '{"a": -0.0}']  # JSON differs
     assert lane_key({"a": 1, "b": [2]}) == lane_key({"a": 1, "b": [2]})
 
 

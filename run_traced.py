@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)  # paths and messages stay whole, never wrapped
+    started = time.time()
     try:
         return run(args, console)
     except LoopmetaError as exc:
         fail(console, str(exc))
     except KeyboardInterrupt:
-        fail(console, interrupted(args.out / "events.jsonl" if args.from_events is None else None))
+        fail(console, interrupted(args.out / "events.jsonl" if args.from_events is None else None, started))
     except Exception as exc:
         message = None if args.from_events is not None else model_raised(exc, args.out)
         if message is None:  # not the model's own error: loopmeta's, whose traceback is the bug report
@@ -279,11 +281,12 @@ def model_raised(exc: Exception, out: Path) -> str | None:
     return f"the model raised {type(exc).__name__}{': ' + first if first else ''} at step {step}; {where}; {kept}"
 
 
-def interrupted(events: Path | None) -> str:
-    """What an interrupted run leaves: the step it reached and the events file."""
+def interrupted(events: Path | None, started: float) -> str:
+    """What an interrupted run leaves: the step it reached and the events file (one written since `started`, not an
+    earlier run's)."""
     from loopmeta.events.stream import read_events
 
-    if events is None or not events.is_file():
+    if events is None or not events.is_file() or events.stat().st_mtime < started:
         return "interrupted before any event was recorded"
     try:
         stream = read_events(events)

@@ -103,6 +103,24 @@ def test_ctrl_c_says_where_it_stopped(v1_hub, cli, tmp_path, monkeypatch):
     assert (end["kind"], end["ended"]) == ("end", "interrupted")
 
 
+def test_ctrl_c_before_the_session_does_not_report_an_earlier_runs_events(v1_hub, cli, tmp_path, monkeypatch):
+    import os
+
+    from loopmeta import run_traced
+
+    loaded, image = v1_hub
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "events.jsonl").write_text("an earlier run's events\n")
+    os.utime(out / "events.jsonl", (1e9, 1e9))
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_traced, "load_session", interrupt)
+    code, err = cli(*base_args(image, out), "--mode", "base")
+    assert code == 2 and "interrupted before any event was recorded" in err
+
+
 def test_a_model_that_raises_gets_one_line_and_its_traceback_in_a_file(v1_hub, cli, tmp_path, monkeypatch):
     """The model's own error (raised inside a recorded forward): one line naming it and the step, exit status 2, the
     traceback in error.txt, the events kept and ended `raised`. An error of loopmeta's own inside the session (here

@@ -86,18 +86,14 @@ def bench_session(model: Any, inputs: Any, new_tokens: int, reps: int, device: s
     return {"times": times, "events": events["n"], "same": same, "file_bytes": size, "control_same": control}
 
 
-def delayed(model: Any, generate: Callable[[], Any], seconds: float = 0.002) -> Any:
-    """The output of a plain `generate` whose host sleeps `seconds` after each MoE router call (a forward hook; no
-    loopmeta): the control for outputs that differ on a GPU, where the model's numerics can depend on host timing
-    alone (docs/benchmarks.md#outputs-on-a-gpu)."""
-    hooks = [m.register_forward_hook(lambda *_: time.sleep(seconds)) for name, m in model.named_modules()
-             if name.endswith("mlp.gate")]
-    try:
-        with torch.inference_mode():
-            return generate()
-    finally:
-        for hook in hooks:
-            hook.remove()
+def delayed(model: Any, generate: Callable[[], Any]) -> Any:
+    """The output of a plain `generate` whose host sleeps 2 ms after each MoE router call (bench/perturbations.py's
+    hook; no loopmeta): the control for outputs that differ on a GPU, where the model's numerics can depend on host
+    timing alone (docs/benchmarks.md#outputs-on-a-gpu)."""
+    from perturbations import variants  # beside this file
+
+    with variants(model)["hook on each router: sleep 2 ms"](), torch.inference_mode():
+        return generate()
 
 
 def recorder_alone(model: Any, inputs: Any, options: dict[str, Any], step: int = 5,
